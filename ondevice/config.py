@@ -1,0 +1,342 @@
+"""Recipe schema: one validated config object shared by recipe files (TOML/YAML) and the Python API.
+
+Every section rejects unknown keys, and every error names the key path, what was expected and what was given:
+
+    recipe.toml: train.epochs: expected an integer, got 'five'
+    recipe.toml: data.datset: unknown key; valid keys here: augment, dataset, limit_test, ...
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class TrainSpec(_Strict):
+    """Optimisation schedule (used for the student, the hard-label baseline and an ondevice-trained teacher)."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(128, ge=1)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    schedule: Literal["constant", "cosine", "step", "onecycle"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule='step'")
+    grad_clip: float | None = Field(None, gt=0)
+    eval_batch_size: int = Field(1000, ge=1)
+
+
+class ModelSpec(_Strict):
+    """A model from the built-in registry by name, or user code as `package.module:factory`."""
+
+    model: str = Field(min_length=1)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: str | None = Field(None, description="state-dict file, loaded with weights_only=True")
+    train: TrainSpec | None = Field(None, description="teacher only: train it with ondevice first (hard labels)")
+
+
+class AugmentSpec(_Strict):
+    shift: int = Field(0, ge=0, le=8, description="random +-N pixel translation (Hinton et al. used 2)")
+
+
+class DataSpec(_Strict):
+    dataset: str = Field(min_length=1, description="digits | mnist | fashion-mnist | mnist1d | idx | a registered name")
+    root: str | None = None
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    limit_train: int | None = Field(None, ge=1)
+    limit_val: int | None = Field(None, ge=1)
+    limit_test: int | None = Field(None, ge=1)
+    augment: AugmentSpec = Field(default_factory=AugmentSpec)
+
+
+class LossSpec(BaseModel):
+    """`{name = "kd", weight = 0.9, temperature = 4}`: the loss's own parameters are checked by ondevice.losses."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(min_length=1)
+    weight: float = Field(1.0, ge=0)
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": self.weight, **self.params()}
+
+
+class DistillSpec(_Strict):
+    losses: list[LossSpec] = Field(
+        default_factory=lambda: [LossSpec(name="ce", weight=0.1), LossSpec(name="kd", weight=0.9, temperature=4.0)],
+        min_length=1,
+    )
+    cache_teacher: Literal["auto", "never"] = Field(
+        "auto", description="auto: cache teacher outputs when inputs are deterministic (no augmentation)")
+    cache_budget_mb: int = Field(2048, ge=0, description="largest teacher-output cache kept in memory")
+    baseline: bool = Field(True, description="also train the student on hard labels alone, same init and schedule")
+
+
+class ExportTargetSpec(_Strict):
+    target: str
+    precisions: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExportSpec(_Strict):
+    targets: list[ExportTargetSpec] = Field(default_factory=list)
+    calibration_samples: int = Field(256, ge=1)
+    verify_samples: int = Field(1000, ge=1)
+    thresholds: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="per precision overrides, e.g. {int8_static = {min_sqnr_db = 18}}")
+
+
+class BenchSpec(_Strict):
+    enabled: bool = True
+    mode: Literal["quick", "full"] = "quick"
+    threads: list[int] = Field(default_factory=lambda: [1])
+    batch_size: int = Field(1, ge=1)
+    profiles: list[str] = Field(default_factory=lambda: ["midrange_phone_cpu"])
+    accuracy_samples: int | None = Field(None, ge=1, description="test samples for accuracy retention (default all)")
+
+
+class GatesSpec(_Strict):
+    """Thresholds a CI build must meet. Each applies to every verified artifact unless noted."""
+
+    max_size_bytes: int | None = Field(None, ge=1)
+    min_accuracy: float | None = Field(None, ge=0, le=1)
+    min_retention: float | None = Field(None, ge=0, description="artifact accuracy / teacher accuracy")
+    max_p90_ms: float | None = Field(None, gt=0, description="measured p90 latency (ms)")
+    max_estimated_p90_ms: float | None = Field(None, gt=0, description="estimated latency on `profile` (ms)")
+    min_sqnr_db: float | None = None
+    max_energy_mj: float | None = Field(None, gt=0, description="estimated energy per inference on `profile` (mJ)")
+    power_budget: bool = Field(False, description="every artifact must fit `profile`'s power and memory budget")
+    profile: str | None = None
+    require_all_targets: bool = Field(True, description="an export that failed fails the gate")
+    baseline: str | None = Field(None, description="committed baseline report to compare against")
+    regression_tolerance: float = Field(0.05, ge=0, description="relative worsening allowed vs the baseline")
+
+
+class Recipe(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    name: str = "run"
+    seed: int = 0
+    output_dir: str = "runs/run"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
+    teacher: ModelSpec
+    student: ModelSpec
+    data: DataSpec
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    distill: DistillSpec = Field(default_factory=DistillSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
+    bench: BenchSpec = Field(default_factory=BenchSpec)
+    gates: GatesSpec = Field(default_factory=GatesSpec)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _version(cls, v: int) -> int:
+        if v != SCHEMA_VERSION:
+            raise ValueError(f"expected schema_version {SCHEMA_VERSION}, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _student_not_trained(self) -> "Recipe":
+        if self.student.train is not None:
+            raise ValueError("student.train is not used: the student's schedule is the top-level [train] section")
+        return self
+
+    # -- helpers --------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = self.model_dump(mode="json")
+        d["distill"]["losses"] = [l.as_dict() for l in self.distill.losses]
+        return d
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (e.g. the inputs of one pipeline stage)."""
+        d = self.to_dict()
+        payload = {s: d[s] for s in sections}
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- validation-error formatting -----------------------------------------------------------------------------
+_EXPECT = {
+    "int_parsing": "an integer", "int_type": "an integer", "int_from_float": "an integer",
+    "float_parsing": "a number", "float_type": "a number", "bool_parsing": "true or false", "bool_type": "true or false",
+    "string_type": "a string", "list_type": "a list", "dict_type": "a table/mapping", "model_type": "a table/mapping",
+    "model_attributes_type": "a table/mapping",
+}
+
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _valid_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    cur: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = getattr(cur, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            inner = getattr(cand, "__args__", None)
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                cur = cand
+                break
+            if inner:
+                sub = [a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)]
+                if sub:
+                    cur = sub[0]
+                    break
+        else:
+            return []
+    return sorted(getattr(cur, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel], source: str = "recipe") -> ConfigError:
+    problems: list[tuple[str, str]] = []
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        path = _path(loc)
+        typ = e["type"]
+        given = e.get("input")
+        if typ == "extra_forbidden":
+            keys = _valid_keys(model, loc)
+            msg = "unknown key" + (f"; valid keys here: {', '.join(keys)}" if keys else "")
+        elif typ == "missing":
+            msg = "required key is missing"
+        elif typ in _EXPECT:
+            msg = f"expected {_EXPECT[typ]}, got {given!r}"
+        elif typ == "literal_error":
+            exp = e.get("ctx", {}).get("expected", "")
+            msg = f"expected one of {exp}, got {given!r}"
+        elif typ.startswith(("greater_than", "less_than")):
+            msg = f"expected a value {e['msg'].replace('Input should be ', '')}, got {given!r}"
+        elif typ == "too_short":
+            msg = f"expected at least {e.get('ctx', {}).get('min_length', 1)} item(s), got {given!r}"
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            if given is not None and not isinstance(given, dict) and "got" not in msg:
+                msg += f", got {given!r}"
+        problems.append((path, msg))
+    lines = [f"{source}: {p}: {m}" for p, m in problems]
+    return ConfigError("invalid recipe:\n  " + "\n  ".join(lines), problems)
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a table/mapping at the top level, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise format_validation_error(e, Recipe, source) from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
+    """Load and validate a TOML (.toml) or YAML (.yaml/.yml) recipe. `overrides` are `key.path=value` strings
+    (value parsed as TOML, falling back to a string), e.g. ["train.epochs=1", "output_dir=runs/x"]."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"recipe file {str(p)!r} does not exist; see examples/ for recipes to start from")
+    text = p.read_text()
+    try:
+        if p.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{p}: expected a .toml, .yaml or .yml recipe, got {p.suffix or 'no suffix'!r}")
+    except ConfigError:
+        raise
+    except Exception as e:  # tomllib.TOMLDecodeError / yaml.YAMLError carry line numbers
+        raise ConfigError(f"{p}: cannot parse {p.suffix[1:].upper()}: {e}") from None
+    for ov in overrides or []:
+        apply_override(data, ov)
+    # relative weight paths are relative to the recipe file
+    for role in ("teacher", "student"):
+        w = (data.get(role) or {}).get("weights") if isinstance(data.get(role), dict) else None
+        if isinstance(w, str) and not os.path.isabs(w) and (p.parent / w).exists():
+            data[role]["weights"] = str((p.parent / w).resolve())
+    return recipe_from_dict(data, str(p))
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise ConfigError(f"override {override!r}: expected key.path=value, e.g. train.epochs=1")
+    key, raw = override.split("=", 1)
+    import tomllib
+
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except Exception:
+        value = raw
+    cur = data
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        cur = cur.setdefault(part, {})
+        if not isinstance(cur, dict):
+            raise ConfigError(f"override {override!r}: {part} is not a section")
+    cur[parts[-1]] = value
+
+
+def dump_toml(d: dict[str, Any]) -> str:
+    """Minimal TOML writer for resolved recipes (tables, arrays of tables, scalars, inline lists/dicts)."""
+
+    def val(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{json.dumps(k)} = {val(x)}" for k, x in v.items()) + "}"
+        raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+    lines: list[str] = []
+
+    def table(prefix: str, t: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in t.items() if v is not None and not isinstance(v, dict)
+                   and not (isinstance(v, list) and v and all(isinstance(x, dict) for x in v))}
+        if prefix and scalars:
+            lines.append(f"\n[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {val(v)}")
+        for k, v in t.items():
+            name = f"{prefix}.{k}" if prefix else k
+            if isinstance(v, dict):
+                table(name, v)
+            elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+                for item in v:
+                    lines.append(f"\n[[{name}]]")
+                    for ik, iv in item.items():
+                        if iv is not None:
+                            lines.append(f"{ik} = {val(iv)}")
+
+    table("", d)
+    return "\n".join(lines).lstrip() + "\n"

@@ -1,0 +1,187 @@
+"""`ondevice.distill(recipe)`: teacher -> distilled student (+ hard-label baseline), written to recipe.output_dir.
+
+Output folder:
+    student.pt            distilled student, best validation epoch (state dict)
+    baseline.pt           the same student trained on hard labels alone (when distill.baseline)
+    teacher.pt            the teacher, when ondevice trained it (teacher.train)
+    results.json          teacher / student / baseline test metrics, what distillation bought, how it was run
+    metrics.jsonl         one line per epoch per phase
+    recipe.resolved.json  the fully resolved recipe (+ .toml)
+    checkpoints/          per-phase checkpoints used to resume
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Recipe, dump_toml
+from .io import atomic_write_json, atomic_write_text, machine_record, read_json
+from .progress import status
+from .train import (DistInfo, PhaseResult, TeacherOutputs, evaluate, feature_shapes, init_distributed, train_phase,
+                    write_metrics)
+
+
+@dataclass
+class DistillResult:
+    output_dir: Path
+    results: dict[str, Any]
+    student: torch.nn.Module
+    teacher: torch.nn.Module
+    baseline: torch.nn.Module | None
+
+
+def _save_state(path: Path, model: torch.nn.Module) -> None:
+    import io
+
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def build_student(recipe: Recipe) -> torch.nn.Module:
+    """The student with its seeded initialisation (identical for the distilled run and the baseline)."""
+    from .models import build_model
+
+    torch.manual_seed(recipe.seed)
+    return build_model(recipe.student.model, weights=recipe.student.weights, **recipe.student.kwargs)
+
+
+def load_student(output_dir: str | Path, which: str = "student") -> torch.nn.Module:
+    """Rebuild a student (or baseline/teacher) from an `ondevice distill` output folder."""
+    from .models import build_model
+
+    out = Path(output_dir)
+    resolved = read_json(out / "recipe.resolved.json")
+    role = "teacher" if which == "teacher" else "student"
+    spec = resolved[role]
+    weights = out / f"{which}.pt"
+    if which == "teacher" and not weights.exists():
+        return build_model(spec["model"], weights=spec.get("weights"), **spec.get("kwargs", {})).eval()
+    return build_model(spec["model"], weights=str(weights), **{k: v for k, v in spec.get("kwargs", {}).items()
+                                                               if k != "pretrained"}).eval()
+
+
+def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> tuple[torch.nn.Module, PhaseResult | None]:
+    from .losses import build_loss
+    from .models import build_model
+
+    t = recipe.teacher
+    if t.train is None:
+        return build_model(t.model, weights=t.weights, **t.kwargs).eval(), None
+    torch.manual_seed(recipe.seed + 1)
+    model = build_model(t.model, **t.kwargs)
+    h = recipe.section_hash("teacher", "data", "seed")  # a finished checkpoint makes this a no-op reuse
+    res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x, splits.train.y,
+                      splits.val.x, splits.val.y, t.train, seed=recipe.seed + 1, ckpt_dir=out / "checkpoints",
+                      recipe_hash=h, augment_shift=recipe.data.augment.shift, resume=resume, di=di)
+    if di.is_main:
+        _save_state(out / "teacher.pt", res.model)
+    return res.model.eval(), res
+
+
+def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> DistillResult:
+    """Run distillation as the recipe says; see the module docstring for what is written."""
+    from .data import load_dataset
+    from .losses import build_loss
+
+    di = init_distributed()
+    if recipe.threads:
+        torch.set_num_threads(recipe.threads)
+    out = Path(recipe.output_dir)
+    ckpt_dir = out / "checkpoints"
+    if fresh and di.is_main and ckpt_dir.exists():
+        import shutil
+
+        shutil.rmtree(ckpt_dir)
+    if di.enabled:
+        torch.distributed.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    resolved = recipe.to_dict()
+    if di.is_main:
+        atomic_write_json(out / "recipe.resolved.json", resolved)
+        atomic_write_text(out / "recipe.resolved.toml", dump_toml(resolved))
+
+    d = recipe.data
+    splits = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
+                          limit_train=d.limit_train, limit_val=d.limit_val, limit_test=d.limit_test)
+    status(f"data: {d.dataset} train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} "
+           f"from {splits.info.source}")
+    teacher, teacher_phase = _teacher(recipe, splits, out, di, resume)
+    teacher_test = evaluate(teacher, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
+    status(f"teacher: test accuracy {teacher_test['acc']:.4f} ({teacher_test['errors']} errors)")
+
+    # -- distilled student ------------------------------------------------------------------------------------
+    loss = build_loss([l.as_dict() for l in recipe.distill.losses])
+    pairs = loss.feature_layers()
+    s_layers = sorted({s for s, _ in pairs})
+    t_layers = sorted({t for _, t in pairs})
+    student = build_student(recipe)
+    x1 = splits.train.x[:1]
+    loss.build(feature_shapes(student, s_layers, x1, "student"), feature_shapes(teacher, t_layers, x1, "teacher"))
+    cache = recipe.distill.cache_teacher == "auto" and recipe.data.augment.shift == 0
+    t_out = TeacherOutputs(teacher, t_layers, splits.train.x, cache=cache,
+                           budget_mb=recipe.distill.cache_budget_mb) if loss.needs_teacher else None
+    h = recipe.section_hash("teacher", "student", "data", "train", "distill", "seed")
+    res = train_phase("distill", student, loss, splits.train.x, splits.train.y, splits.val.x, splits.val.y,
+                      recipe.train, seed=recipe.seed, ckpt_dir=ckpt_dir, recipe_hash=h, teacher=t_out,
+                      student_layers=s_layers, augment_shift=recipe.data.augment.shift, resume=resume, di=di)
+    student_test = evaluate(res.model, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
+    status(f"student (distilled): test accuracy {student_test['acc']:.4f} ({student_test['errors']} errors)")
+
+    # -- hard-label baseline, same init and schedule ----------------------------------------------------------------
+    base_res, base_test, baseline = None, None, None
+    if recipe.distill.baseline:
+        baseline = build_student(recipe)
+        base_res = train_phase("baseline", baseline, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x,
+                               splits.train.y, splits.val.x, splits.val.y, recipe.train, seed=recipe.seed,
+                               ckpt_dir=ckpt_dir, recipe_hash=h, augment_shift=recipe.data.augment.shift,
+                               resume=resume, di=di)
+        base_test = evaluate(baseline, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
+        status(f"student (hard labels only): test accuracy {base_test['acc']:.4f} ({base_test['errors']} errors)")
+
+    from .models import param_count
+
+    def block(test: dict, model: torch.nn.Module, phase: PhaseResult | None) -> dict:
+        b = {"test_acc": test["acc"], "test_errors": test["errors"], "test_loss": test["loss"], "test_n": test["n"],
+             "params": param_count(model)}
+        if phase is not None:
+            b.update(best_epoch=phase.best_epoch, best_val_acc=phase.best_val_acc)
+        return b
+
+    results: dict[str, Any] = {
+        "recipe": recipe.name,
+        "dataset": d.dataset,
+        "data_source": splits.info.source,
+        "teacher": {**block(teacher_test, teacher, teacher_phase),
+                    "model": recipe.teacher.model, "trained_by_ondevice": teacher_phase is not None},
+        "student": {**block(student_test, res.model, res), "model": recipe.student.model},
+        "losses": [l.as_dict() for l in recipe.distill.losses],
+        "teacher_outputs": res.teacher_outputs,
+        "teacher_outputs_reason": res.teacher_outputs_reason,
+        "epochs": recipe.train.epochs,
+        "world_size": di.world_size,
+        "measured_on": machine_record(),
+        "seconds_total": time.perf_counter() - t_start,
+    }
+    if base_test is not None:
+        results["baseline"] = {**block(base_test, baseline, base_res), "model": recipe.student.model}
+        gap = base_test["errors"] - teacher_test["errors"]
+        results["distillation_gain_errors"] = base_test["errors"] - student_test["errors"]
+        results["gap_closed"] = (base_test["errors"] - student_test["errors"]) / gap if gap > 0 else None
+    results["compression"] = results["teacher"]["params"] / max(1, results["student"]["params"])
+    if di.is_main:
+        _save_state(out / "student.pt", res.model)
+        if baseline is not None:
+            _save_state(out / "baseline.pt", baseline)
+        hist = ([teacher_phase.history] if teacher_phase else []) + [res.history] + ([base_res.history] if base_res else [])
+        write_metrics(out / "metrics.jsonl", hist)
+        atomic_write_json(out / "results.json", results)
+        status(f"wrote {out}/student.pt, results.json, metrics.jsonl")
+    return DistillResult(out, results, res.model, teacher, baseline)

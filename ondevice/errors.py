@@ -1,0 +1,50 @@
+"""Exceptions raised by ondevice. Every message names the problem and the fix."""
+from __future__ import annotations
+
+
+class OndeviceError(Exception):
+    """Base class for ondevice errors that are the user's to fix (bad input, missing data)."""
+
+
+class ConfigError(OndeviceError, ValueError):
+    """A recipe or config object failed validation. `problems` lists (key path, message) pairs."""
+
+    def __init__(self, message: str, problems: list[tuple[str, str]] | None = None):
+        super().__init__(message)
+        self.problems = problems or []
+
+
+class DataNotFoundError(OndeviceError, FileNotFoundError):
+    """A dataset's files are missing; the message carries the exact command that gets them."""
+
+
+class ChecksumError(OndeviceError):
+    """A file's checksum does not match the expected value."""
+
+
+class CheckpointError(OndeviceError):
+    """A checkpoint is missing, truncated or from an incompatible run."""
+
+
+class TrainingDivergedError(OndeviceError, FloatingPointError):
+    """The loss became NaN or inf; the last good checkpoint is kept."""
+
+
+class MissingBackendError(ImportError):
+    """A backend SDK is not installed; the message carries the pip line."""
+
+
+class UnsupportedPrecisionError(OndeviceError, ValueError):
+    """A target was asked for a precision it cannot produce; the message lists the ones it can."""
+
+
+class ConversionError(OndeviceError, RuntimeError):
+    """Conversion to a target failed; the message names the op/module, target, precision and what to try."""
+
+
+class VerificationError(OndeviceError):
+    """An artifact's outputs disagree with the PyTorch model beyond the thresholds."""
+
+
+class UnsupportedOpError(OndeviceError, NotImplementedError):
+    """An op cannot be evaluated or converted; the message names the op and where it came from."""

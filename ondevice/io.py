@@ -1,0 +1,158 @@
+"""Atomic writes, JSON that survives inf/NaN, checksums and environment records."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+def _jsonable(o: Any) -> Any:
+    if isinstance(o, float):
+        if math.isnan(o):
+            return "nan"
+        if math.isinf(o):
+            return "inf" if o > 0 else "-inf"
+        return o
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item") and callable(o.item) and getattr(o, "ndim", 1) == 0:  # numpy / torch scalar
+        return _jsonable(o.item())
+    if hasattr(o, "tolist"):
+        return _jsonable(o.tolist())
+    return o
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """JSON text; inf/NaN become the strings "inf"/"nan" so the output is valid JSON."""
+    return json.dumps(_jsonable(obj), indent=indent, sort_keys=False, default=str)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write via a temp file in the same folder + fsync + rename: readers see the old or the new file, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, dumps(obj) + "\n")
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling path (file or directory) to write into; it is renamed onto `path` on success.
+
+    Works for directory artifacts (.mlpackage) as well as files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp = tmpdir / path.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to {tmp} for {path}")
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    def _hook(d):
+        return {k: (float(v) if v in ("inf", "-inf", "nan") else v) for k, v in d.items()}
+
+    return json.loads(Path(path).read_text(), object_hook=_hook)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def library_versions(names: tuple[str, ...] = (
+    "torch", "numpy", "onnx", "onnxruntime", "executorch", "torchao", "litert-torch", "ai-edge-litert",
+    "coremltools", "ondevice",
+)) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for n in names:
+        try:
+            out[n] = version(n)
+        except PackageNotFoundError:
+            out[n] = None
+    return out
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags(interesting: tuple[str, ...] = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c",
+                                             "sse4_2", "asimd", "asimddp", "neon")) -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in interesting if f in have]
+    except OSError:
+        pass
+    return []
+
+
+def machine_record() -> dict:
+    """What a measurement was made on: CPU model and flags, cores, OS, Python, library versions."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "cpu_model": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "loadavg": list(load) if load else None,
+        "libraries": library_versions(),
+    }

@@ -1,0 +1,65 @@
+"""Precision names shared by every target, and the default verification thresholds for each.
+
+A precision is a *name* (the same across targets) plus a *kind* that decides how its outputs are judged:
+float exports by rtol/atol, quantized ones by SQNR (dB) and top-1 agreement on real data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria for an artifact compared with its PyTorch source on held-out real samples.
+
+    Float kinds use `rtol`/`atol` (numpy.allclose semantics) *and* the agreement floor; quantized kinds
+    use `min_sqnr_db` and `min_top1_agreement`. `None` disables a criterion.
+    """
+
+    rtol: float | None = None
+    atol: float | None = None
+    min_sqnr_db: float | None = None
+    min_top1_agreement: float | None = None
+
+    def override(self, **kw) -> "Thresholds":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+@dataclass(frozen=True)
+class Precision:
+    name: str
+    kind: str  # "float32" | "float16" | "int8" | "int4" | "lut4" | "sparse"
+    description: str
+    needs_calibration: bool = False
+    thresholds: Thresholds = field(default_factory=Thresholds)
+
+
+_F32 = Thresholds(rtol=1e-3, atol=1e-4, min_top1_agreement=0.999)
+_F16 = Thresholds(min_sqnr_db=35.0, min_top1_agreement=0.99)
+_INT8 = Thresholds(min_sqnr_db=20.0, min_top1_agreement=0.98)
+_LOW = Thresholds(min_sqnr_db=12.0, min_top1_agreement=0.95)
+
+PRECISIONS: dict[str, Precision] = {
+    p.name: p
+    for p in [
+        Precision("fp32", "float32", "32-bit float weights and activations", thresholds=_F32),
+        Precision("fp16", "float16", "16-bit float weights (and activations where the runtime computes in fp16)", thresholds=_F16),
+        Precision("int8_dynamic", "int8", "int8 weights; activations quantized at run time per batch", thresholds=_INT8),
+        Precision("int8_static", "int8", "int8 weights (per-channel) and activations, scales calibrated on real samples",
+                  needs_calibration=True, thresholds=_INT8),
+        Precision("int8_weight_only", "int8", "int8 weights (per-channel), float activations", thresholds=_INT8),
+        Precision("int4_weight_only", "int4", "4-bit weights quantized per block, float activations", thresholds=_LOW),
+        Precision("palettize4", "lut4", "4-bit k-means palettized weights (16-entry lookup table per tensor)", thresholds=_LOW),
+        Precision("prune50", "sparse", "50% magnitude-pruned weights stored sparse (fp16)", thresholds=_LOW),
+    ]
+}
+
+
+def get_precision(name: str) -> Precision:
+    if name not in PRECISIONS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRECISIONS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown precision {name!r}; valid precisions: {', '.join(PRECISIONS)}.{hint}")
+    return PRECISIONS[name]
