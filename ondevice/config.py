@@ -40,6 +40,10 @@ class TrainSpec(_Strict):
     eval_batch_size: int = Field(1000, ge=1)
 
 
+class AugmentSpec(_Strict):
+    shift: int = Field(0, ge=0, le=8, description="random +-N pixel translation (Hinton et al. used 2)")
+
+
 class ModelSpec(_Strict):
     """A model from the built-in registry by name, or user code as `package.module:factory`."""
 
@@ -47,10 +51,8 @@ class ModelSpec(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: str | None = Field(None, description="state-dict file, loaded with weights_only=True")
     train: TrainSpec | None = Field(None, description="teacher only: train it with ondevice first (hard labels)")
-
-
-class AugmentSpec(_Strict):
-    shift: int = Field(0, ge=0, le=8, description="random +-N pixel translation (Hinton et al. used 2)")
+    augment: AugmentSpec | None = Field(None, description="teacher only: augmentation while ondevice trains it "
+                                                            "(default: data.augment)")
 
 
 class DataSpec(_Strict):
@@ -152,8 +154,9 @@ class Recipe(_Strict):
 
     @model_validator(mode="after")
     def _student_not_trained(self) -> "Recipe":
-        if self.student.train is not None:
-            raise ValueError("student.train is not used: the student's schedule is the top-level [train] section")
+        if self.student.train is not None or self.student.augment is not None:
+            raise ValueError("student.train/student.augment are not used: the student's schedule is the top-level "
+                             "[train] section and its augmentation [data.augment]")
         return self
 
     # -- helpers --------------------------------------------------------------------------------------------

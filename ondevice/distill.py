@@ -79,7 +79,7 @@ def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> t
     h = recipe.section_hash("teacher", "data", "seed")  # a finished checkpoint makes this a no-op reuse
     res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x, splits.train.y,
                       splits.val.x, splits.val.y, t.train, seed=recipe.seed + 1, ckpt_dir=out / "checkpoints",
-                      recipe_hash=h, augment_shift=recipe.data.augment.shift, resume=resume, di=di)
+                      recipe_hash=h, augment_shift=(t.augment or recipe.data.augment).shift, resume=resume, di=di)
     if di.is_main:
         _save_state(out / "teacher.pt", res.model)
     return res.model.eval(), res

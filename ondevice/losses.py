@@ -51,7 +51,7 @@ __all__ = [
     "attention_map",
 ]
 
-LOSSES: Registry[type["DistillLoss"]] = Registry("loss function")  # "loss" would pluralise as "losss"
+LOSSES: Registry[type["DistillLoss"]] = Registry("loss")
 
 # The constant the DKD reference implementation (megvii-research/mdistiller, dkd.py) subtracts from the
 # temperature-scaled ground-truth logit so that the NCKD softmax ignores the target class (e^-1000 == 0 in fp32).

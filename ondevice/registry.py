@@ -17,8 +17,9 @@ class UnknownNameError(KeyError):
 class Registry(Generic[T]):
     """Maps names to objects. `kind` names what is registered (used in error messages)."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, plural: str | None = None):
         self.kind = kind
+        self.plural = plural or (kind + "es" if kind.endswith(("s", "x", "ch", "sh")) else kind + "s")
         self._items: dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
@@ -42,7 +43,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: str) -> str:
         valid = sorted(self._items)
-        msg = f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(valid) if valid else '(none registered)'}"
+        msg = f"unknown {self.kind} {name!r}; valid {self.plural}: {', '.join(valid) if valid else '(none registered)'}"
         close = difflib.get_close_matches(name, valid, n=1)
         if close:
             msg += f". Did you mean {close[0]!r}?"

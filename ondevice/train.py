@@ -347,7 +347,7 @@ def train_phase(
                     kept = (f"the last good checkpoint ({last}) is kept at {ckpt}" if ckpt and ckpt.exists()
                             else "no checkpoint had been written yet")
                     raise TrainingDivergedError(
-                        f"[{phase}] loss became {float(total)} at epoch {epoch + 1}, step {s + 1}/{steps} "
+                        f"[{phase}] loss became {float(total.detach())} at epoch {epoch + 1}, step {s + 1}/{steps} "
                         f"(components: {', '.join(f'{k}={v:.4g}' for k, v in parts.items())}); {kept}. "
                         f"Lower train.lr (now {spec.lr:g}), set train.grad_clip, or check the inputs for NaN.")
                 opt.zero_grad(set_to_none=True)
@@ -356,10 +356,11 @@ def train_phase(
                     nn.utils.clip_grad_norm_(trainable, spec.grad_clip)
                 opt.step()
                 sched.step()
-                loss_sum += float(total)
+                lv = float(total.detach())
+                loss_sum += lv
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
-                bar.advance(1, loss=float(total))
+                bar.advance(1, loss=lv)
         elapsed = time.perf_counter() - t0
         secs.append(elapsed)
         val = evaluate(model, val_x, val_y, spec.eval_batch_size)

@@ -318,7 +318,7 @@ def test_registry_lists_every_loss():
 
 
 def test_unknown_loss_name_lists_valid_ones():
-    with pytest.raises(ConfigError, match=r"losses\[1\]\.name: unknown loss function 'kdd'; valid loss functions: at, ce, "
+    with pytest.raises(ConfigError, match=r"losses\[1\]\.name: unknown loss 'kdd'; valid losses: at, ce, "
                                           r"dkd, fitnets, kd\. Did you mean 'kd'\?"):
         build_loss([{"name": "ce"}, {"name": "kdd", "weight": 1.0}])
 

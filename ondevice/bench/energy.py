@@ -1,0 +1,233 @@
+"""Energy, latency and fit estimates under a device profile, and measured host energy where the host allows.
+
+Counting (per inference of ONE sample, batch 1), from the source PyTorch model (`count_graph`):
+  - MACs: `torch.utils.flop_counter.FlopCounterMode` over one forward pass; it counts the matmul and convolution
+    family (mm, addmm, bmm, convolution, attention...), MACs = FLOPs / 2. Element-wise ops (ReLU, add, pooling,
+    normalisation) are not counted: for conv/linear networks they are a few percent of the work.
+  - activations: forward hooks on every leaf module record the elements of its input and output.
+    activation traffic = input elements + 2 x sum(leaf output elements) (each output written once, read once);
+    peak activation = max over leaf modules of (input + output elements), the live set one layer needs.
+An artifact is costed with its source model's counts (the student it was exported from) and its own precision:
+weight bytes come from the artifact's weight dtypes (`inspect()["weight_bytes"]` when the target reports it,
+else parameters x bits-per-weight of the precision, see PRECISION_COST), activation bytes from the precision.
+
+Model (`estimate`), all *estimated* and labelled with the profile name:
+  - weights are resident on chip when there is no separate weight storage and weights + peak activation fit
+    `sram_bytes`; otherwise they are read from DRAM (flash on an MCU) once per inference.
+  - activations stay on chip when the peak activation fits `sram_bytes`, else they go to DRAM.
+  - energy = MACs x (mult[kind] + add[accumulator]) + DRAM bytes x E_dram/8 + on-chip bytes x E_sram/8
+    (Horowitz's per-64-bit figures; int8 accumulates in int32). Static/leakage power is not modelled.
+  - latency = max(MACs / peak_macs[kind], DRAM bytes / bandwidth) (roofline; on-chip bandwidth assumed ample).
+  - highest sustainable rate = min(1 / latency, sustained_power / energy).
+  - passes when it fits memory, meets the power budget at `target_inferences_per_s` and reaches that rate.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .profiles import Profile
+
+# precision -> (compute kind, bits per stored weight, bits per activation element between layers)
+PRECISION_COST: dict[str, tuple[str, float, int]] = {
+    "fp32": ("float32", 32, 32),
+    "fp16": ("float16", 16, 16),
+    "int8_dynamic": ("int8", 8, 32),  # activations stay float between layers; quantized inside each op
+    "int8_static": ("int8", 8, 8),
+    "int8_weight_only": ("float32", 8, 32),  # weights dequantized, float arithmetic
+    "int4_weight_only": ("float32", 4, 32),
+    "palettize4": ("float16", 4, 16),  # 4-bit indices into a 16-entry LUT; Core ML computes in fp16
+    "prune50": ("float16", 9, 16),  # half the fp16 weights kept + a 1-bit mask per weight; MACs counted dense
+}
+ACCUMULATOR = {"float32": "float32", "float16": "float16", "int8": "int32"}
+
+
+def precision_cost(precision: str | None) -> tuple[str, float, int, bool]:
+    """(compute kind, weight bits, activation bits, assumed?) for a precision name (unknown -> fp32, assumed)."""
+    if precision in PRECISION_COST:
+        k, wb, ab = PRECISION_COST[precision]
+        return k, wb, ab, False
+    k, wb, ab = PRECISION_COST["fp32"]
+    return k, wb, ab, True
+
+
+# --- counting from the source model ------------------------------------------------------------------------
+def count_graph(model, example) -> dict:
+    """MACs and activation elements of one forward pass of `model` on `example` (a (1, ...) tensor)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    records: list[tuple[str, int, int]] = []  # (module type, input elements, output elements)
+
+    def _numel(t) -> int:
+        if isinstance(t, torch.Tensor):
+            return t.numel()
+        if isinstance(t, (tuple, list)):
+            return sum(_numel(v) for v in t)
+        return 0
+
+    def hook(mod, args, out):
+        records.append((type(mod).__name__, _numel(args), _numel(out)))
+
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as fc:
+            out = model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    flops_by_op = {str(k).split(".")[-2] if "." in str(k) else str(k): int(v)
+                   for k, v in fc.get_flop_counts().get("Global", {}).items()}
+    in_elems = int(example.numel())
+    out_elems = _numel(out)
+    act = sum(o for _, _, o in records) if records else out_elems
+    peak = max((i + o for _, i, o in records), default=in_elems + out_elems)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "macs": int(fc.get_total_flops() // 2),
+        "macs_by_op": {k: v // 2 for k, v in flops_by_op.items()},
+        "parameters": int(params),
+        "input_elements": in_elems,
+        "output_elements": int(out_elems),
+        "activation_elements": int(act),
+        "peak_activation_elements": int(peak),
+        "leaf_modules": len(records),
+        "method": "torch FlopCounterMode (matmul/conv family; MACs = FLOPs/2) + forward hooks on leaf modules, "
+                  "one sample",
+    }
+
+
+def weight_bytes_for(graph: dict, precision: str | None, inspect: dict | None) -> tuple[int, str]:
+    """Stored weight bytes of an artifact: the target's own figure when present, else params x bits/8."""
+    if inspect and isinstance(inspect.get("weight_bytes"), (int, float)) and inspect["weight_bytes"] > 0:
+        return int(inspect["weight_bytes"]), "artifact inspect(): weight_bytes"
+    _, wbits, _, assumed = precision_cost(precision)
+    src = f"{graph['parameters']} parameters x {wbits:g} bits ({precision or 'unknown precision, fp32 assumed'})"
+    return int(math.ceil(graph["parameters"] * wbits / 8)), src
+
+
+def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes: int) -> dict:
+    """Energy / latency / rate / fit of one inference (batch 1) on `profile`. See the module docstring."""
+    kind, _, abits, assumed = precision_cost(precision)
+    abytes = abits / 8.0
+    macs = graph["macs"]
+    act_traffic = (graph["input_elements"] + 2 * graph["activation_elements"]) * abytes
+    peak_act = graph["peak_activation_elements"] * abytes
+    separate_storage = profile.weight_storage_bytes is not None
+    weights_on_chip = (not separate_storage) and weight_bytes + peak_act <= profile.sram_bytes
+    acts_on_chip = peak_act <= profile.sram_bytes
+    dram = (0 if weights_on_chip else weight_bytes) + (0 if acts_on_chip else act_traffic)
+    onchip = (weight_bytes if weights_on_chip else 0) + (act_traffic if acts_on_chip else 0)
+    mac_pj = profile.mult_pj.get(kind, math.nan) + profile.add_pj.get(ACCUMULATOR[kind], math.nan)
+    compute_j = macs * mac_pj * 1e-12
+    memory_j = (dram * profile.dram_pj_per_byte + onchip * profile.sram_pj_per_byte) * 1e-12
+    energy_j = compute_j + memory_j
+    peak = profile.peak_macs_per_s.get(kind, 0.0)
+    supported = peak > 0 and math.isfinite(mac_pj)
+    if separate_storage:
+        fits = weight_bytes <= profile.weight_storage_bytes and peak_act <= profile.memory_capacity_bytes
+    else:
+        fits = weight_bytes + peak_act <= profile.memory_capacity_bytes
+    out: dict[str, Any] = {
+        "label": f"estimated ({profile.name})",
+        "profile": profile.name,
+        "compute_kind": kind,
+        "precision_assumed": assumed,
+        "macs": int(macs),
+        "mac_energy_pj": mac_pj,
+        "weight_bytes": int(weight_bytes),
+        "activation_traffic_bytes": float(act_traffic),
+        "peak_activation_bytes": float(peak_act),
+        "weights_on_chip": bool(weights_on_chip),
+        "activations_on_chip": bool(acts_on_chip),
+        "dram_bytes": float(dram),
+        "onchip_bytes": float(onchip),
+        "compute_energy_j": compute_j,
+        "memory_energy_j": memory_j,
+        "energy_per_inference_j": energy_j,
+        "fits_memory": bool(fits),
+        "supported": bool(supported),
+    }
+    if not supported:
+        out.update({
+            "latency_s": None, "bound": None, "max_rate_latency_per_s": None, "max_rate_power_per_s": None,
+            "sustainable_rate_per_s": None, "power_at_target_rate_w": None, "meets_power": False,
+            "meets_rate": False, "passes": False,
+            "reason": f"profile {profile.name} has no {kind} compute (peak_macs_per_s.{kind} = 0 or missing); "
+                      f"use a precision it supports ({', '.join(k for k, v in profile.peak_macs_per_s.items() if v > 0)})",
+        })
+        return out
+    compute_s = macs / peak
+    memory_s = dram / profile.memory_bandwidth_bytes_per_s
+    latency = max(compute_s, memory_s)
+    rate_lat = 1.0 / latency if latency > 0 else math.inf
+    rate_pow = profile.sustained_power_w / energy_j if energy_j > 0 else math.inf
+    sustainable = min(rate_lat, rate_pow)
+    target = profile.target_inferences_per_s
+    power_at_target = energy_j * target
+    meets_power = power_at_target <= profile.sustained_power_w
+    meets_rate = sustainable >= target
+    out.update({
+        "compute_s": compute_s,
+        "memory_s": memory_s,
+        "latency_s": latency,
+        "bound": "compute" if compute_s >= memory_s else "memory",
+        "max_rate_latency_per_s": rate_lat,
+        "max_rate_power_per_s": rate_pow,
+        "sustainable_rate_per_s": sustainable,
+        "target_rate_per_s": target,
+        "power_at_target_rate_w": power_at_target,
+        "meets_power": bool(meets_power),
+        "meets_rate": bool(meets_rate),
+        "passes": bool(fits and meets_power and meets_rate),
+    })
+    if not fits:
+        out["reason"] = "does not fit the profile's memory"
+    elif not meets_power:
+        out["reason"] = f"needs {power_at_target:.3g} W at {target:g}/s > budget {profile.sustained_power_w:g} W"
+    elif not meets_rate:
+        out["reason"] = f"sustains only {sustainable:.3g}/s < target {target:g}/s"
+    return out
+
+
+# --- measured host energy ----------------------------------------------------------------------------------
+_POWERCAP = Path("/sys/class/powercap")
+
+
+def host_energy_source() -> tuple[list[Path], str | None]:
+    """Top-level RAPL package counters readable here, or ([], why not)."""
+    if not _POWERCAP.exists():
+        return [], "no /sys/class/powercap on this host (no RAPL driver exposed: a container, VM or non-Intel CPU)"
+    zones = sorted(p for p in _POWERCAP.glob("intel-rapl:*") if p.name.count(":") == 1)
+    if not zones:
+        return [], "no intel-rapl package zones under /sys/class/powercap"
+    readable = []
+    for z in zones:
+        try:
+            int((z / "energy_uj").read_text())
+            readable.append(z)
+        except (OSError, ValueError):
+            pass
+    if not readable:
+        return [], ("intel-rapl energy_uj exists but is not readable by this user (root only since Linux 5.10, "
+                    "CVE-2020-8694)")
+    return readable, None
+
+
+def read_host_energy_uj(zones: list[Path]) -> list[int]:
+    return [int((z / "energy_uj").read_text()) for z in zones]
+
+
+def energy_delta_uj(before: list[int], after: list[int], zones: list[Path]) -> int:
+    total = 0
+    for b, a, z in zip(before, after, zones):
+        d = a - b
+        if d < 0:  # counter wrapped
+            try:
+                d += int((z / "max_energy_range_uj").read_text())
+            except (OSError, ValueError):
+                d = 0
+        total += d
+    return total

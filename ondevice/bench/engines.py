@@ -1,0 +1,206 @@
+"""What a benchmark worker runs: an exported artifact through its Target, or an eager PyTorch model.
+
+Both expose the same small interface so the harness treats every item alike:
+
+    prepare()             import the runtime (before the memory baseline is taken)
+    set_threads(n)        before load (ExecuTorch cannot change its thread pool after loading)
+    load() -> runner
+    run(runner, x)        float32 (N, ...) -> float32 (N, C); any N
+    info() -> dict        size_bytes, size_kind, inspect, runtime_memory
+    latency_measurable, latency_reason
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Modules that make up each runtime, imported before the memory baseline so that the load figure is the
+# model's, not the SDK's. A target may declare its own with a `runtime_modules` attribute.
+_RUNTIME_MODULES = {
+    "onnxruntime": ("onnxruntime",),
+    "executorch": ("executorch.runtime",),
+    "tflite": ("ai_edge_litert.interpreter",),
+    "coreml": ("coremltools",),
+}
+
+
+def _unwrap_state_dict(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                return obj[key]
+    return obj
+
+
+def _load_factory(ref: str):
+    """"pkg.mod:factory" or "/path/to/file.py:factory" -> the callable."""
+    mod_name, _, attr = ref.rpartition(":")
+    if not mod_name or not attr:
+        raise ValueError(f"model reference {ref!r} is neither a registry name nor 'pkg.module:factory' / "
+                         f"'path/to/file.py:factory'")
+    if mod_name.endswith(".py"):
+        path = Path(mod_name).expanduser().resolve()
+        if not path.is_file():
+            raise FileNotFoundError(f"model file {path} (from reference {ref!r}) does not exist")
+        spec = importlib.util.spec_from_file_location(f"_ondevice_user_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(mod_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise AttributeError(f"{mod_name} has no attribute {attr!r} (from model reference {ref!r})") from None
+
+
+def build_torch_model(ref: str, weights: str | None = None, kwargs: dict | None = None):
+    """Rebuild an eager model from a reference: an `ondevice.models` registry name or a factory path.
+
+    Uses `ondevice.models.build_model(ref, weights=..., **kwargs)` when that module is installed; a file-path
+    factory ("file.py:make") and, without ondevice.models, a module factory ("pkg.mod:make") are built here and
+    their weights loaded with `torch.load(..., weights_only=True)`.
+    """
+    kwargs = dict(kwargs or {})
+    is_file_ref = ".py:" in ref
+    if not is_file_ref:
+        try:
+            from ondevice.models import build_model
+        except ImportError:
+            build_model = None
+        if build_model is not None:
+            model = build_model(ref, weights=weights, **kwargs)
+            return model.eval()
+        if ":" not in ref:
+            raise ImportError(f"model {ref!r} looks like a registry name, but ondevice.models is not available; "
+                              f"pass a factory as 'pkg.module:function' or 'path/to/file.py:function'")
+    import torch
+
+    model = _load_factory(ref)(**kwargs)
+    if weights:
+        sd = _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.load_state_dict(sd)
+    return model.eval()
+
+
+class TorchEngine:
+    """Eager PyTorch (CPU), `torch.inference_mode()`."""
+
+    latency_measurable = True
+    latency_reason = None
+
+    def __init__(self, ref: str, weights: str | None = None, kwargs: dict | None = None):
+        self.ref, self.weights, self.kwargs = ref, weights, dict(kwargs or {})
+        self.target_name = "pytorch"
+        self.model = None
+
+    def prepare(self) -> None:
+        import torch  # noqa: F401
+
+    def set_threads(self, n: int) -> None:
+        import torch
+
+        torch.set_num_threads(n)
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:  # already set / parallel work started
+            pass
+
+    def load(self):
+        self.model = build_torch_model(self.ref, self.weights, self.kwargs)
+        return self.model
+
+    def run(self, runner, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            y = runner(torch.from_numpy(x))
+        if isinstance(y, (tuple, list)):
+            y = y[0]
+        elif isinstance(y, dict):
+            y = next(iter(y.values()))
+        return y.detach().float().numpy()
+
+    def info(self) -> dict:
+        model = self.model
+        params = sum(p.numel() for p in model.parameters())
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+        modules: dict[str, int] = {}
+        for m in model.modules():
+            if not list(m.children()):
+                modules[type(m).__name__] = modules.get(type(m).__name__, 0) + 1
+        dtypes: dict[str, int] = {}
+        for p in model.parameters():
+            k = str(p.dtype).replace("torch.", "")
+            dtypes[k] = dtypes.get(k, 0) + p.numel() * p.element_size()
+        if self.weights and Path(self.weights).is_file():
+            size, kind = Path(self.weights).stat().st_size, "weights file"
+        else:
+            size, kind = param_bytes + buffers, "parameters and buffers in memory"
+        return {
+            "size_bytes": int(size),
+            "size_kind": kind,
+            "inspect": {"parameters": int(params), "modules": modules, "weight_dtypes": dtypes,
+                        "weight_bytes": int(param_bytes)},
+            "runtime_memory": {},
+        }
+
+
+class ArtifactEngine:
+    """An exported artifact run through `ondevice.target.get_target(target)`."""
+
+    def __init__(self, target: str, path: str):
+        from ondevice.target import get_target
+
+        self.path = Path(path)
+        self.target_name = target
+        self.target = get_target(target)
+        self.latency_measurable = bool(getattr(self.target, "latency_measurable", True))
+        self.latency_reason = None
+        if not self.latency_measurable:
+            self.latency_reason = (getattr(self.target, "latency_reason", None)
+                                   or getattr(self.target, "latency_not_measurable_reason", None)
+                                   or getattr(self.target, "reason", None)
+                                   or f"target {target!r} has no runtime on this platform")
+
+    def prepare(self) -> None:
+        mods = getattr(self.target, "runtime_modules", None) or _RUNTIME_MODULES.get(self.target_name, ())
+        for m in mods:
+            try:
+                importlib.import_module(m)
+            except ImportError:
+                pass  # load() will raise the target's own helpful error
+
+    def set_threads(self, n: int) -> None:
+        self.target.set_threads(int(n))
+
+    def load(self):
+        if not self.path.exists():
+            raise FileNotFoundError(f"artifact {self.path} does not exist")
+        return self.target.load(self.path)
+
+    def run(self, runner, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.target.run(runner, x), dtype=np.float32)
+
+    def info(self) -> dict:
+        out: dict[str, Any] = {"size_bytes": int(self.target.size(self.path)), "size_kind": "artifact on disk"}
+        for key, fn in (("inspect", self.target.inspect), ("runtime_memory", self.target.runtime_memory)):
+            try:
+                out[key] = fn(self.path) or {}
+            except Exception as e:  # inspection is informative; a failure here must not fail the benchmark
+                out[key] = {"error": f"{type(e).__name__}: {e}"}
+        return out
+
+
+def make_engine(spec: dict):
+    if spec["kind"] == "torch":
+        return TorchEngine(spec["ref"], spec.get("weights"), spec.get("kwargs"))
+    if spec["kind"] == "artifact":
+        return ArtifactEngine(spec["target"], spec["path"])
+    raise ValueError(f"unknown engine kind {spec['kind']!r}; valid: torch, artifact")

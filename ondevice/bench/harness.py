@@ -1,0 +1,444 @@
+"""`bench()`: measure latency, memory, accuracy retention and estimated energy of models and artifacts.
+
+Flow: resolve items -> start one worker per (item, thread count) -> import runtimes (in parallel) -> load
+models (one at a time) -> warm up -> interleaved timed rounds -> run-peak memory -> accuracy pass over the test
+set (one worker per item) -> MAC counting on the eager models -> energy estimates per device profile ->
+report.json / report.md / report.html written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ondevice.io import machine_record
+
+from . import accuracy as acc
+from .config import BenchConfig, Data, Item, TorchModelRef, load_data, resolve_items
+from .energy import estimate, host_energy_source, weight_bytes_for
+from .latency import StopRule, chunk_size, interleave, latency_stats
+from .profiles import Profile, load_profiles
+from .worker import Worker, WorkerError
+
+log = logging.getLogger("ondevice.bench")
+SCHEMA_VERSION = 1
+
+
+def _err(stage: str, e: Exception, threads: int | None = None) -> dict:
+    d = {"stage": stage, "threads": threads, "message": str(e)}
+    if isinstance(e, WorkerError):
+        d["stderr_tail"] = e.stderr_tail[-2000:]
+        if e.traceback_text:
+            d["traceback"] = e.traceback_text[-2000:]
+    return d
+
+
+def measured_label(machine: dict) -> str:
+    return f"measured on {machine.get('cpu_model')} ({machine.get('cores')} cores, {machine.get('os')})"
+
+
+class _Variant:
+    """One (item, threads) worker and what it measured."""
+
+    def __init__(self, idx: int, item: Item, threads: int):
+        self.idx, self.item, self.threads = idx, item, threads
+        self.worker: Worker | None = None
+        self.init: dict = {}
+        self.load: dict = {}
+        self.warmup: dict = {}
+        self.memory: dict = {}
+        self.chunk_n = 1
+        self.energy_uj: list[int] = []
+        self.error: dict | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.error is None and self.worker is not None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.idx, self.threads)
+
+    def fail(self, stage: str, e: Exception) -> None:
+        self.error = _err(stage, e, self.threads)
+        log.warning("%s (threads=%d) failed in %s: %s", self.item.label, self.threads, stage, e)
+        if self.worker is not None:
+            self.worker.kill()
+
+
+def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef | None = None,
+          student: TorchModelRef | None = None, config: BenchConfig | None = None,
+          out_dir: str | Path | None = "bench_out") -> dict:
+    """Benchmark artifacts and eager PyTorch models side by side; returns the report dict.
+
+    items:   artifact paths (.onnx/.pte/.tflite/.mlpackage, or folders of them) and TorchModelRef eager models
+    data:    (x_test, y_test) arrays or tensors, a .npz with x and y, or an ondevice.data dataset name; None ->
+             synthetic inputs of config.input_shape (latency and memory only)
+    teacher: the reference for retention, agreement and KL; student: the fp32 source of the artifacts (its MAC
+             count is used for the artifacts' energy estimates)
+    out_dir: report.json, report.md and report.html are written there (atomically); None writes nothing
+    """
+    config = config or BenchConfig()
+    t_start = time.perf_counter()
+    resolved = resolve_items(items, teacher, student)
+    profiles = load_profiles(config.profiles)
+    ds = load_data(data, input_shape=config.input_shape, input_dtype=config.input_dtype, seed=config.seed,
+                   items=resolved)
+    machine_before = machine_record()
+    work = Path(tempfile.mkdtemp(prefix="ondevice-bench-"))
+    try:
+        report = _run(resolved, ds, config, profiles, work, machine_before)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report["seconds"] = time.perf_counter() - t_start
+    if out_dir is not None:
+        from .report import write_report
+
+        report["files"] = write_report(report, out_dir, plots=config.plots)
+    return report
+
+
+def _broadcast(variants: list[_Variant], cmd: str, timeout: float, per_variant: dict | None = None,
+               **kw) -> dict:
+    """Send `cmd` to every live variant, then collect the replies (the workers work in parallel)."""
+    sent = []
+    for v in variants:
+        if not v.alive:
+            continue
+        try:
+            v.worker.send({"cmd": cmd, **kw, **((per_variant or {}).get(v.key, {}))})
+            sent.append(v)
+        except WorkerError as e:
+            v.fail(cmd, e)
+    replies = {}
+    deadline = time.monotonic() + timeout
+    for v in sent:
+        try:
+            replies[v.key] = v.worker.recv(max(1.0, deadline - time.monotonic()), cmd)
+        except WorkerError as e:
+            v.fail(cmd, e)
+    return replies
+
+
+def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profile], work: Path,
+         machine_before: dict) -> dict:
+    n_lat = min(len(ds.x), config.latency_samples)
+    lat_path, eval_path = work / "latency_inputs.npy", work / "eval_x.npy"
+    np.save(lat_path, ds.x[:n_lat])
+    n_eval = len(ds.x) if config.accuracy_samples is None else min(len(ds.x), config.accuracy_samples)
+    eval_y = ds.y[:n_eval] if ds.y is not None else None
+    np.save(eval_path, ds.x[:n_eval])
+    timeout = config.timeout_s
+
+    # --- start workers: every thread count for measurable items; one for the rest ---------------------------
+    variants: list[_Variant] = []
+    for i, it in enumerate(items):
+        for t in config.threads:
+            v = _Variant(i, it, t)
+            variants.append(v)
+    for v in variants:
+        v.worker = Worker(v.threads, label=f"{v.item.label}@{v.threads}t")
+    log.info("started %d workers for %d items x threads %s", len(variants), len(items), list(config.threads))
+    try:
+        return _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, config, profiles, work,
+                        machine_before, timeout)
+    finally:
+        for v in variants:
+            if v.worker is not None:
+                v.worker.close()
+
+
+def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, config, profiles, work,
+             machine_before, timeout) -> dict:
+    init_kw = {v.key: {"engine": v.item.engine, "threads": v.threads} for v in variants}
+    for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(lat_path),
+                           batch_size=config.batch_size).items():
+        next(v for v in variants if v.key == k).init = r
+    # items without a runtime here keep only their first worker (for numerics through the reference evaluator)
+    for v in variants:
+        if v.alive and not v.init.get("latency_measurable", True) and v.threads != config.threads[0]:
+            v.worker.close()
+            v.worker = None
+
+    def live(vs=variants):
+        return [v for v in vs if v.alive]
+
+    for v in live():  # one at a time: load times and peaks without contention
+        try:
+            v.load = v.worker.request("load", timeout)
+            log.info("loaded %s (threads=%d) in %.2f s", v.item.label, v.threads, v.load["load_seconds"])
+        except WorkerError as e:
+            v.fail("load", e)
+
+    infos: dict[int, dict] = {}
+    for v in live():
+        if v.idx in infos:
+            continue
+        try:
+            infos[v.idx] = v.worker.request("info", timeout)
+        except WorkerError as e:
+            v.fail("info", e)
+
+    timed = [v for v in live() if v.init.get("latency_measurable", True)]
+    for v in timed:
+        try:
+            v.warmup = v.worker.request("warmup", timeout, min_queries=config.warmup_queries,
+                                        min_seconds=config.warmup_seconds)
+            v.chunk_n = chunk_size(v.warmup["mean_ns"], config.chunk_seconds)
+        except WorkerError as e:
+            v.fail("warmup", e)
+
+    by_key = {v.key: v for v in variants}
+
+    def run_chunk(key):
+        v = by_key[key]
+        try:
+            r = v.worker.request("chunk", timeout, n=v.chunk_n)
+        except WorkerError as e:
+            v.fail("timed queries", e)
+            raise
+        if r.get("energy_uj") is not None:
+            v.energy_uj.append(r["energy_uj"])
+        return r["ns"]
+
+    rule = StopRule(config.min_queries, config.min_seconds, config.max_seconds)
+    timed_keys = [v.key for v in timed if v.alive]
+    log.info("timing %d variants in interleaved rounds (%s mode)", len(timed_keys), config.mode)
+    progress, schedule = interleave(run_chunk, timed_keys, rule)
+
+    for v in timed:
+        if v.alive:
+            try:
+                v.memory = v.worker.request("memory", timeout)
+            except WorkerError as e:
+                v.fail("memory", e)
+
+    # --- accuracy: one pass over the test set per item ---------------------------------------------------------
+    outputs: dict[int, np.ndarray] = {}
+    acc_errors: dict[int, dict] = {}
+    if config.accuracy:
+        for i, it in enumerate(items):
+            cands = [v for v in live() if v.idx == i]
+            if not cands:
+                continue
+            v = cands[0]
+            out_path = work / f"outputs_{i}.npy"
+            try:
+                v.worker.request("predict", timeout, x=str(eval_path), out=str(out_path),
+                                 batch_size=max(config.batch_size, 64))
+                outputs[i] = np.load(out_path)
+                log.info("accuracy pass done for %s (%d samples)", it.label, n_eval)
+            except WorkerError as e:
+                v.fail("accuracy", e)
+                acc_errors[i] = _err("accuracy", e, v.threads)
+
+    # --- MAC / activation counts of the eager models ------------------------------------------------------------
+    graphs: dict[int, dict] = {}
+    graph_errors: dict[int, str] = {}
+    for i, it in enumerate(items):
+        if it.kind != "pytorch":
+            continue
+        cands = [v for v in live() if v.idx == i]
+        if not cands:
+            graph_errors[i] = "its worker failed"
+            continue
+        try:
+            graphs[i] = cands[0].worker.request("graph", timeout, x=str(lat_path))
+        except WorkerError as e:
+            graph_errors[i] = str(e)
+    machine_after = machine_record()
+    return _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, infos, progress, schedule,
+                     outputs, acc_errors, graphs, graph_errors, machine_before, machine_after)
+
+
+def _pareto(points: list[tuple[str, float, float]]) -> list[str]:
+    """Labels not dominated in (lower latency, higher accuracy)."""
+    front = []
+    for lab, lat, a in points:
+        dominated = any((l2 <= lat and a2 >= a) and (l2 < lat or a2 > a) for _, l2, a2 in points)
+        if not dominated:
+            front.append(lab)
+    return front
+
+
+def _source_index(items: list[Item]) -> int | None:
+    for i, it in enumerate(items):
+        if it.role == "student":
+            return i
+    return None
+
+
+def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, infos, progress, schedule, outputs,
+              acc_errors, graphs, graph_errors, machine_before, machine_after) -> dict:
+    mlabel = measured_label(machine_before)
+    rapl_zones, rapl_reason = host_energy_source()
+    ref_idx = next((i for i, it in enumerate(items) if it.role == "teacher" and i in outputs), None)
+    if ref_idx is None:
+        ref_idx = next((i for i, it in enumerate(items) if it.role == "student" and i in outputs), None)
+    ref_out = outputs.get(ref_idx) if ref_idx is not None else None
+    ref_acc = acc.accuracy(ref_out, eval_y) if (ref_out is not None and eval_y is not None) else None
+    ref_label = items[ref_idx].label if ref_idx is not None else None
+    src_idx = _source_index(items)
+    warnings: list[str] = []
+    if ds.synthetic:
+        warnings.append("no data given: latency and memory ran on synthetic inputs; accuracy is unavailable")
+    if ref_idx is not None and items[ref_idx].role != "teacher":
+        warnings.append(f"no teacher given: retention, agreement and KL are relative to {ref_label}")
+
+    report_items = []
+    for i, it in enumerate(items):
+        its = [v for v in variants if v.idx == i]
+        first = next((v for v in its if v.init), None)
+        measurable = all(v.init.get("latency_measurable", True) for v in its if v.init)
+        reason = next((v.init.get("latency_reason") for v in its if v.init.get("latency_reason")), None)
+        info = infos.get(i, {})
+        errors = [v.error for v in its if v.error] + ([acc_errors[i]] if i in acc_errors else [])
+        runs = []
+        for v in its:
+            run: dict[str, Any] = {"threads": v.threads, "status": "ok", "error": v.error}
+            if v.error:
+                run["status"] = "failed"
+            elif v.init and not v.init.get("latency_measurable", True):
+                run["status"] = "not_measurable"
+            pr = progress.get(v.key)
+            if pr is not None and pr.latencies_ns:
+                st = latency_stats(pr.latencies_ns, batch_size=config.batch_size, seed=config.seed,
+                                   n_boot=config.n_boot)
+                st.update({"chunks": pr.chunks, "queries_per_chunk": v.chunk_n})
+                run["latency"] = st
+            else:
+                run["latency"] = None
+            run["warmup"] = v.warmup or None
+            run["load_seconds"] = v.load.get("load_seconds") if v.load else None
+            if v.load and measurable:
+                run["memory"] = {
+                    "baseline_rss_bytes": v.init.get("baseline_rss_bytes"),
+                    "load_peak_rss_above_baseline": v.load.get("load_peak_rss_above_baseline"),
+                    "rss_after_load_above_baseline": v.load.get("rss_after_load_above_baseline"),
+                    "run_peak_rss_above_baseline": v.memory.get("run_peak_rss_above_baseline") if v.memory else None,
+                }
+            else:
+                run["memory"] = None
+            if v.energy_uj and pr is not None and pr.latencies_ns:
+                n_inf = len(pr.latencies_ns) * config.batch_size
+                run["host_energy"] = {"label": mlabel + " (host package counters, all processes)",
+                                      "joules_per_inference": sum(v.energy_uj) * 1e-6 / n_inf}
+            else:
+                run["host_energy"] = None
+            runs.append(run)
+
+        # accuracy
+        accuracy = None
+        if i in outputs:
+            accuracy = acc.retention(outputs[i], eval_y, ref_out, ref_acc, ref_label)
+            accuracy["label"] = mlabel
+            if not measurable:
+                accuracy["evaluated_with"] = f"{it.target}'s reference evaluator ({reason})"
+            else:
+                accuracy["evaluated_with"] = f"{it.target} runtime"
+        elif i in acc_errors:
+            accuracy = {"error": acc_errors[i]["message"]}
+
+        # energy estimates
+        graph_i = i if it.kind == "pytorch" else src_idx
+        graph = graphs.get(graph_i) if graph_i is not None else None
+        energy: dict[str, Any] = {"estimated": None, "estimated_reason": None, "graph": None, "graph_source": None}
+        if graph is not None:
+            wb, wsrc = weight_bytes_for(graph, it.precision, info.get("inspect"))
+            energy["graph"] = graph
+            energy["graph_source"] = (f"counted on {items[graph_i].label} (PyTorch)" if graph_i != i
+                                      else "counted on this model (PyTorch)")
+            energy["weight_bytes"] = wb
+            energy["weight_bytes_source"] = wsrc
+            energy["estimated"] = [estimate(p, graph, it.precision, wb) for p in profiles]
+        else:
+            energy["estimated_reason"] = (graph_errors.get(graph_i) if graph_i is not None and graph_i in graph_errors
+                                          else "no source PyTorch model to count MACs from: pass the student "
+                                               "(--student) the artifacts were exported from")
+        energy["measured_host"] = {"available": bool(rapl_zones), "reason": rapl_reason}
+
+        status = "ok"
+        if errors:
+            status = "failed" if all(v.error for v in its) else "partial"
+        sidecar = None
+        if it.sidecar:
+            sidecar = {k: it.sidecar.get(k) for k in ("status", "precision", "target", "size_bytes", "error")}
+            ver = it.sidecar.get("verification") or {}
+            sidecar["verification"] = {k: ver.get(k) for k in ("n", "sqnr_db", "top1_agreement", "max_abs_err",
+                                                               "accuracy", "passed") if k in ver} or None
+        report_items.append({
+            "label": it.label, "kind": it.kind, "role": it.role, "target": it.target, "precision": it.precision,
+            "path": it.path, "ref": it.ref, "weights": it.weights, "status": status, "errors": errors,
+            "size_bytes": info.get("size_bytes"), "size_kind": info.get("size_kind"),
+            "inspect": _trim(info.get("inspect")), "runtime_memory": info.get("runtime_memory"),
+            "sidecar": sidecar,
+            "latency": {"label": mlabel, "measurable": measurable, "reason": reason,
+                        "batch_size": config.batch_size},
+            "memory": {"label": mlabel, "method": first.init.get("memory_method") if first else None,
+                       "measurable": measurable,
+                       "reason": None if measurable else f"memory of the reference evaluator is not the runtime's "
+                                                         f"({reason})",
+                       "file_size_bytes": info.get("size_bytes"), "runtime_memory": info.get("runtime_memory")},
+            "runs": runs,
+            "accuracy": accuracy,
+            "energy": energy,
+        })
+
+    # Pareto front at the first thread count
+    t0 = config.threads[0]
+    points = []
+    for r in report_items:
+        run = next((x for x in r["runs"] if x["threads"] == t0), None)
+        if run and run.get("latency") and r.get("accuracy") and r["accuracy"].get("accuracy") is not None:
+            points.append((r["label"], run["latency"]["p50_ms"], r["accuracy"]["accuracy"]))
+    chain = [it.label for it in items if it.role == "teacher"] + [it.label for it in items if it.role == "student"] \
+        + [it.label for it in items if it.role not in ("teacher", "student")]
+    lab = {v.key: v.item.label for v in variants}
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "ondevice.bench.report",
+        "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "measured_on": mlabel,
+        "config": config.to_dict(),
+        "machine": {**machine_before, "loadavg_before": machine_before.get("loadavg"),
+                    "loadavg_after": machine_after.get("loadavg")},
+        "data": {"source": ds.source, "synthetic": ds.synthetic, "labels": eval_y is not None,
+                 "latency_samples": int(n_lat), "accuracy_samples": int(n_eval) if config.accuracy else 0,
+                 "sample_shape": list(ds.x.shape[1:])},
+        "profiles": [p.to_dict() for p in profiles],
+        "reference": ref_label,
+        "retention_chain": chain,
+        "pareto": {"threads": t0, "front": _pareto(points)},
+        "schedule": {"rounds": len(schedule), "rotate": True,
+                     "first_rounds": [[f"{lab[k]}@{k[1]}t" for k in rnd] for rnd in schedule[:6]],
+                     "stop_rule": {"min_queries": config.min_queries, "min_seconds": config.min_seconds,
+                                   "max_seconds": config.max_seconds}},
+        "host_energy": {"available": bool(rapl_zones), "reason": rapl_reason},
+        "warnings": warnings,
+        "items": report_items,
+    }
+
+
+def _trim(inspect: dict | None) -> dict | None:
+    """Keep the inspect() summary small in the report (op counts, dtypes, I/O)."""
+    if not inspect:
+        return inspect
+    keep = {}
+    for k, v in inspect.items():
+        try:
+            from ondevice.io import dumps
+
+            if len(dumps(v, indent=None)) <= 4000:
+                keep[k] = v
+            else:
+                keep[k] = f"<{type(v).__name__} omitted: too large>"
+        except Exception:
+            keep[k] = str(v)[:200]
+    return keep

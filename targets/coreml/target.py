@@ -1,0 +1,446 @@
+"""Core ML target: PyTorch -> torch.export -> coremltools ML Program (.mlpackage), with post-conversion weight
+compression from `coremltools.optimize.coreml`.
+
+The Core ML runtime exists only on Apple platforms. There, `load`/`run` use `MLModel.predict`. Everywhere else
+they use the NumPy reference evaluator in `mil_eval.py`, which reads the saved package back into a MIL program
+and evaluates it op by op, so the numbers verified are those of the saved artifact, not of the PyTorch model.
+The evaluator says nothing about speed: `latency_measurable` is False there.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ondevice.errors import ConfigError, ConversionError, MissingBackendError
+from ondevice.precision import Precision
+from ondevice.target import Target
+
+log = logging.getLogger("ondevice.targets.coreml")
+
+DEPLOYMENT_TARGETS = ("iOS17", "iOS18")
+DEFAULT_DEPLOYMENT_TARGET = "iOS17"
+# precision -> (minimum deployment target, why)
+MIN_DEPLOYMENT_TARGET = {
+    "int4_weight_only": ("iOS18", "per-block int4 weight quantization (constexpr_blockwise_shift_scale) needs iOS18"),
+}
+WEIGHT_THRESHOLD = 2048  # weight tensors with fewer elements stay uncompressed (coremltools' default)
+INT4_BLOCK_SIZE = 32
+RUNTIME_ENV = "ONDEVICE_COREML_RUNTIME"  # "reference" forces the NumPy evaluator even where Core ML exists
+
+# harmless messages printed by coremltools / torch / torchao on import and conversion (see shared stack notes)
+_NOISE = (
+    "has not been tested with coremltools",
+    "Failed to load _ML",
+    "libcoremlpython",
+    "is not supported. Minimum required version",
+    "Failed to load /",
+    "_C_mxfp8",
+    "is an Enum subclass and is now natively supported",
+    "It would be better to use kmeans1d",
+)
+_PROGRESS = re.compile(r"(ops/s|passes/s|it/s|s/it|s/ops|s/passes)\]")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# quiet imports and conversions
+# ---------------------------------------------------------------------------------------------------------------
+class _Capture(logging.Filter):
+    """Drops known noise; keeps coremltools' error records (they name the failing torch op) for our message."""
+
+    def __init__(self):
+        super().__init__()
+        self.errors: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if any(p in msg for p in _NOISE):
+            return False
+        if record.levelno >= logging.ERROR and record.name.startswith("coremltools"):
+            self.errors.append(msg.strip())
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[_Capture]:
+    cap = _Capture()
+    loggers = [logging.getLogger(n) for n in ("coremltools", "torchao", "torch.utils._pytree")]
+    for lg in loggers:
+        lg.addFilter(cap)
+    err = io.StringIO()
+    try:
+        with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(err):
+            warnings.simplefilter("default")
+            yield cap
+    finally:
+        for lg in loggers:
+            lg.removeFilter(cap)
+        # hand back everything that is not a progress bar or known noise
+        rest = [ln for ln in re.split(r"[\r\n]+", err.getvalue())
+                if ln.strip() and not _PROGRESS.search(ln) and not any(p in ln for p in _NOISE)]
+        if rest:
+            sys.stderr.write("\n".join(rest) + "\n")
+        for w in caught:
+            if not any(p in str(w.message) for p in _NOISE) and not issubclass(
+                    w.category, (DeprecationWarning, FutureWarning)):
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+
+
+def _ct():
+    """Import coremltools quietly, or say how to install it."""
+    try:
+        with _quiet():
+            import coremltools
+            import coremltools.optimize.coreml  # noqa: F401
+    except ImportError as e:
+        raise MissingBackendError(f"target 'coreml' needs coremltools ({e}). Install it with: "
+                                  f"pip install 'ondevice[coreml]'") from e
+    return coremltools
+
+
+def coreml_runtime_available() -> bool:
+    """True where `MLModel.predict` can run: macOS with coremltools' native extension, unless overridden."""
+    if os.environ.get(RUNTIME_ENV, "").lower() == "reference" or sys.platform != "darwin":
+        return False
+    try:
+        with _quiet():
+            import coremltools.libcoremlpython  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# options
+# ---------------------------------------------------------------------------------------------------------------
+def resolve_deployment_target(precision: str, requested: str | None) -> tuple[str, str]:
+    """-> (deployment target, why). int4_weight_only selects iOS18 when no target was requested."""
+    if requested is not None and requested not in DEPLOYMENT_TARGETS:
+        raise ConfigError(f"coreml option deployment_target={requested!r} is not one of "
+                          f"{', '.join(DEPLOYMENT_TARGETS)}")
+    need = MIN_DEPLOYMENT_TARGET.get(precision)
+    if need is not None:
+        minimum, why = need
+        if requested is None:
+            return minimum, f"selected automatically: {why}"
+        if DEPLOYMENT_TARGETS.index(requested) < DEPLOYMENT_TARGETS.index(minimum):
+            raise ConfigError(f"coreml precision {precision!r} cannot target {requested}: {why}. Pass "
+                              f"deployment_target={minimum!r}, or leave the option out to select it automatically")
+    if requested is None:
+        return DEFAULT_DEPLOYMENT_TARGET, "default"
+    return requested, "requested"
+
+
+def _compression_config(precision: str):
+    """The coremltools.optimize.coreml call and config that produce `precision` (None for fp32/fp16)."""
+    import coremltools.optimize.coreml as cto
+
+    if precision in ("fp32", "fp16"):
+        return None, None
+    if precision == "int8_weight_only":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
+                                         weight_threshold=WEIGHT_THRESHOLD)
+        return cto.linear_quantize_weights, op
+    if precision == "int4_weight_only":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                         block_size=INT4_BLOCK_SIZE, weight_threshold=WEIGHT_THRESHOLD)
+        return cto.linear_quantize_weights, op
+    if precision == "palettize4":
+        import importlib.util
+
+        if importlib.util.find_spec("sklearn") is None:
+            raise MissingBackendError("coreml palettize4 clusters weights with scikit-learn's k-means, which is "
+                                      "not installed. Install it with: pip install 'ondevice[coreml]'")
+        op = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_tensor",
+                                    weight_threshold=WEIGHT_THRESHOLD)
+        return cto.palettize_weights, op
+    if precision == "prune50":
+        op = cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=WEIGHT_THRESHOLD)
+        return cto.prune_weights, op
+    raise ConfigError(f"coreml has no recipe for precision {precision!r}")
+
+
+def _conversion_message(e: Exception, logged: list[str], precision: str) -> str:
+    text = " ".join(logged) + " " + str(e)
+    m = re.search(r"converting '([^']+)' op \(located at: '([^']*)'\)", text)
+    op = m.group(1) if m else None
+    where = m.group(2) if m else None
+    if op is None:
+        m2 = re.search(r"op '([^']+)' not implemented", text)
+        op = m2.group(1) if m2 else None
+    what = f"torch op {op!r}" + (f" (module {where!r})" if where else "") if op else "the model"
+    return (f"coremltools could not convert {what} to a Core ML ML Program at precision {precision!r}: "
+            f"{type(e).__name__}: {str(e).strip()}. Fix: rewrite that op with ops Core ML supports, or register "
+            f"a composite with coremltools' @register_torch_op; or export to another target "
+            f"(onnxruntime, executorch, tflite).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# runners
+# ---------------------------------------------------------------------------------------------------------------
+_ARRAY_DTYPES = {"FLOAT32": np.float32, "FLOAT16": np.float16, "DOUBLE": np.float64, "INT32": np.int32,
+                 "INT8": np.int8, "UINT8": np.uint8}
+
+
+def _io_from_spec(spec) -> tuple[list[dict], list[dict]]:
+    from coremltools.proto import FeatureTypes_pb2
+
+    def one(f) -> dict:
+        kind = f.type.WhichOneof("Type")
+        if kind != "multiArrayType":
+            return {"name": f.name, "shape": None, "dtype": kind}
+        a = f.type.multiArrayType
+        return {"name": f.name, "shape": [int(s) for s in a.shape],
+                "dtype": FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name(a.dataType).lower()}
+
+    return [one(f) for f in spec.description.input], [one(f) for f in spec.description.output]
+
+
+class _Runner:
+    """Feeds an artifact with a static batch dimension: any N is run in chunks of the static batch (padded)."""
+
+    kind = "?"
+
+    def __init__(self, path: Path, inputs: list[dict], outputs: list[dict]):
+        if len(inputs) != 1 or inputs[0]["shape"] is None:
+            raise ConfigError(f"{path}: ondevice runs single-tensor-input models; this package has inputs "
+                              f"{[i['name'] for i in inputs]}")
+        self.path = path
+        self.input = inputs[0]
+        self.output = outputs[0]
+        self.shape = tuple(self.input["shape"])  # (B, ...) static
+        self.in_dtype = _ARRAY_DTYPES.get(self.input["dtype"].upper(), np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x)
+        if tuple(x.shape[1:]) != self.shape[1:]:
+            raise ValueError(f"{self.path}: input {self.input['name']!r} expects samples of shape "
+                             f"{self.shape[1:]} (static shape {self.shape}); got a batch of shape {x.shape}")
+        b = self.shape[0]
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b].astype(self.in_dtype)  # (n <= B, ...)
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
+            outs.append(np.asarray(self.predict(chunk), dtype=np.float32)[:n])
+        if not outs:
+            return np.zeros((0,) + tuple(self.output["shape"][1:]), np.float32)
+        return np.concatenate(outs)
+
+
+class ReferenceRunner(_Runner):
+    """NumPy reference evaluator (no Core ML runtime on this OS)."""
+
+    kind = "reference-evaluator"
+
+    def __init__(self, path: Path, spec, evaluator):
+        super().__init__(path, *_io_from_spec(spec))
+        self.evaluator = evaluator
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.evaluator.run({self.input["name"]: x})[self.output["name"]]
+
+
+class CoreMLRunner(_Runner):
+    """The real Core ML runtime (`MLModel.predict`, macOS only)."""
+
+    kind = "coreml"
+
+    def __init__(self, path: Path, model):
+        super().__init__(path, *_io_from_spec(model.get_spec()))
+        self.model = model
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.model.predict({self.input["name"]: x})[self.output["name"]]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the target
+# ---------------------------------------------------------------------------------------------------------------
+class CoreMLTarget(Target):
+    """Core ML ML Program export; fp32/fp16 compute, int8/int4 linear, 4-bit palettized or 50%-pruned weights."""
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._threads = 1
+
+    # -- what runs here ------------------------------------------------------------------------------------------
+    def runtime_kind(self) -> str:
+        """"coreml" where MLModel.predict works (macOS), else "reference-evaluator" (NumPy, mil_eval.py)."""
+        return "coreml" if coreml_runtime_available() else "reference-evaluator"
+
+    @property
+    def latency_measurable(self) -> bool:
+        return self.runtime_kind() == "coreml"
+
+    @property
+    def latency_note(self) -> str:
+        if self.latency_measurable:
+            return "measured with the Core ML runtime (MLModel.predict)"
+        return (f"not measurable on {sys.platform}: Core ML runs only on Apple platforms; outputs here come from "
+                f"ondevice's NumPy reference evaluator, whose speed says nothing about a device")
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the reference evaluator's NumPy/BLAS work (Core ML itself does not expose a count)."""
+        self._threads = max(1, int(n))
+
+    @contextlib.contextmanager
+    def _limit_threads(self) -> Iterator[None]:
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # pragma: no cover - scikit-learn brings threadpoolctl
+            yield
+            return
+        with threadpool_limits(limits=self._threads):
+            yield
+
+    # -- protocol ------------------------------------------------------------------------------------------------
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration, **options):
+        """Core ML compresses after conversion (in `export`); the model passes through unchanged."""
+        resolve_deployment_target(precision.name, options.get("deployment_target"))  # fail early on bad options
+        return model
+
+    def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path, calibration=None,
+               **options) -> Path:
+        import torch
+
+        ct = _ct()
+        dt_name, dt_why = resolve_deployment_target(precision.name, options.get("deployment_target"))
+        if dt_why.startswith("selected"):
+            log.info("coreml %s: deployment target %s (%s)", precision.name, dt_name, dt_why)
+        compute = ct.precision.FLOAT16 if precision.name == "fp16" else ct.precision.FLOAT32
+        with _quiet() as cap, self._limit_threads():
+            try:
+                ep = torch.export.export(prepared.eval(), tuple(example_inputs)).run_decompositions({})
+            except Exception as e:
+                raise ConversionError(
+                    f"torch.export could not capture the model for coreml/{precision.name}: {type(e).__name__}: "
+                    f"{str(e).strip()[:800]}. Fix: make forward() exportable (no data-dependent Python control "
+                    f"flow, tensor-only inputs), or try another target.") from e
+            try:
+                mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=compute,
+                                     minimum_deployment_target=getattr(ct.target, dt_name))
+            except Exception as e:
+                raise ConversionError(_conversion_message(e, cap.errors, precision.name)) from e
+            fn, op_config = _compression_config(precision.name)
+            if fn is not None:
+                import coremltools.optimize.coreml as cto
+
+                try:
+                    mlmodel = fn(mlmodel, cto.OptimizationConfig(global_config=op_config))
+                except Exception as e:
+                    raise ConversionError(
+                        f"coremltools.optimize.coreml.{fn.__name__} failed for coreml/{precision.name} "
+                        f"({dt_name}): {type(e).__name__}: {e}. Try another compression precision "
+                        f"({', '.join(p for p in self.spec.precisions if p != precision.name)}).") from e
+        md = mlmodel.user_defined_metadata
+        md["ondevice.precision"] = precision.name
+        md["ondevice.compute_precision"] = "fp16" if precision.name == "fp16" else "fp32"
+        md["ondevice.deployment_target"] = dt_name
+        md["ondevice.deployment_target_reason"] = dt_why
+        if fn is not None:
+            n = sum(1 for op in mlmodel._mil_program.functions["main"].operations
+                    if op.op_type.startswith("constexpr_"))
+            md["ondevice.compressed_tensors"] = str(n)
+            if n == 0:
+                log.warning("coreml %s: no weight tensor has >= %d elements, so nothing was compressed; the "
+                            "package keeps fp32 weights", precision.name, WEIGHT_THRESHOLD)
+        with _quiet():
+            mlmodel.save(str(out))
+        return Path(out)
+
+    def load(self, path: Path) -> Any:
+        path = Path(path)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a .mlpackage directory")
+        if self.runtime_kind() == "coreml":
+            ct = _ct()
+            with _quiet():
+                return CoreMLRunner(path, ct.models.MLModel(str(path)))
+        from .mil_eval import MILEvaluator, load_program, load_spec
+
+        _ct()
+        with _quiet():
+            spec = load_spec(path)
+            prog = load_program(path)
+        with self._limit_threads():
+            return ReferenceRunner(path, spec, MILEvaluator(prog, source=str(path)))
+
+    def run(self, runner: Any, x: np.ndarray) -> np.ndarray:
+        with self._limit_threads():
+            return runner(np.asarray(x, dtype=np.float32))
+
+    def inspect(self, path: Path) -> dict:
+        from coremltools.converters.mil.mil import types
+
+        from .mil_eval import KERNELS, _NO_FALLBACK, _has_value_inference, load_program, load_spec
+
+        ct = _ct()
+        with _quiet():
+            spec = load_spec(path)
+            prog = load_program(path)
+        fn = prog.functions["main"]
+        ops: dict[str, int] = {}
+        weight_bytes: dict[str, int] = {}
+        compression: dict[str, int] = {}
+        compressed: list[dict] = []
+        how: dict[str, str] = {}
+        for op in fn.operations:
+            t = op.op_type
+            if t == "const":
+                var = op.outputs[0]
+                if not types.is_tensor(var.sym_type):
+                    continue
+                feeds_constexpr = any(c.op_type.startswith("constexpr_") for c in var.child_ops)
+                if feeds_constexpr or types.is_float(var.dtype):  # stored weights; int consts are op params
+                    name = types.builtin_to_string(var.dtype)
+                    bits = var.dtype.get_bitwidth() if hasattr(var.dtype, "get_bitwidth") else 8 * np.dtype(
+                        types.nptype_from_builtin(var.dtype)).itemsize
+                    weight_bytes[name] = weight_bytes.get(name, 0) + int(np.prod(var.shape)) * bits // 8
+                continue
+            ops[t] = ops.get(t, 0) + 1
+            if t.startswith("constexpr_"):
+                compression[t] = compression.get(t, 0) + 1
+                compressed.append({"name": op.outputs[0].name, "op": t, "shape": list(op.outputs[0].shape),
+                                   "stored": {k: types.builtin_to_string(v.dtype) for k, v in op.inputs.items()
+                                              if types.is_tensor(v.sym_type)}})
+            elif t in KERNELS:
+                how[t] = "numpy"
+            elif t not in _NO_FALLBACK and _has_value_inference(op):
+                how[t] = "value_inference"
+            else:
+                how[t] = "unsupported"
+        inputs, outputs = _io_from_spec(spec)
+        versions = {int(t.value): t.name for t in ct.target}
+        md = dict(spec.description.metadata.userDefined)
+        return {
+            "ops": ops,
+            "num_ops": sum(ops.values()),
+            "num_consts": sum(1 for op in fn.operations if op.op_type == "const"),
+            "weight_dtypes": weight_bytes,  # dtype -> stored bytes (float tensors and compressed-weight storage)
+            "compression": compression,
+            "compressed_weights": compressed,
+            "inputs": inputs,
+            "outputs": outputs,
+            "spec_version": int(spec.specificationVersion),
+            "deployment_target": versions.get(int(spec.specificationVersion), f"spec{spec.specificationVersion}"),
+            "deployment_target_reason": md.get("ondevice.deployment_target_reason"),
+            "compute_precision": md.get("ondevice.compute_precision"),
+            "opset": str(getattr(fn, "opset_version", "")),
+            "runtime": self.runtime_kind(),
+            "evaluator_ops": how,
+            "metadata": md,
+        }

@@ -1,0 +1,247 @@
+"""The distillation trainer end to end on real data (scikit-learn digits): outputs, teacher-output cache, resume after a
+kill, NaN stop, corrupted checkpoints, and torchrun data parallelism matching one process."""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ondevice.config import load_recipe
+from ondevice.distill import distill, load_student
+from ondevice.errors import CheckpointError, TrainingDivergedError
+
+PY = sys.executable
+RECIPE = """
+name = "digits-test"
+seed = {seed}
+output_dir = "{out}"
+threads = 1
+
+[teacher]
+model = "mlp"
+kwargs = {{ in_features = 64, hidden = [128, 128], num_classes = 10 }}
+
+[teacher.train]
+epochs = 3
+batch_size = 64
+lr = 3e-3
+
+[student]
+model = "{student}"
+kwargs = {student_kwargs}
+
+[data]
+dataset = "digits"
+augment = {{ shift = {shift} }}
+
+[train]
+epochs = {epochs}
+batch_size = 64
+lr = 1e-2
+
+[[distill.losses]]
+name = "kd"
+weight = 0.9
+temperature = 4.0
+
+[[distill.losses]]
+name = "ce"
+weight = 0.1
+"""
+
+
+def write_recipe(tmp_path: Path, name="r.toml", *, out=None, seed=0, epochs=3, shift=0, student="mlp",
+                 student_kwargs="{ in_features = 64, hidden = [16], num_classes = 10, dropout = 0.1 }") -> Path:
+    out = out or tmp_path / "out"
+    p = tmp_path / name
+    p.write_text(RECIPE.format(seed=seed, out=out, epochs=epochs, shift=shift, student=student,
+                               student_kwargs=student_kwargs))
+    return p
+
+
+def states_equal(a: Path, b: Path) -> bool:
+    sa = torch.load(a, weights_only=True)
+    sb = torch.load(b, weights_only=True)
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def cli(*args, env=None, cwd=None):
+    e = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([PY, "-m", "ondevice.cli", *args], capture_output=True, text=True, env=e, cwd=cwd,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("digits")
+    r = load_recipe(write_recipe(tmp, epochs=10))
+    return distill(r), tmp
+
+
+def test_outputs_and_results(digits_run):
+    res, tmp = digits_run
+    out = res.output_dir
+    for f in ("student.pt", "baseline.pt", "teacher.pt", "results.json", "metrics.jsonl", "recipe.resolved.json",
+              "recipe.resolved.toml", "checkpoints/distill.pt"):
+        assert (out / f).exists(), f
+    r = json.loads((out / "results.json").read_text())
+    assert r["teacher"]["trained_by_ondevice"] is True
+    assert r["teacher_outputs"] == "cached"
+    assert r["teacher"]["params"] > 5 * r["student"]["params"]
+    assert r["teacher"]["test_acc"] > 0.9 and r["student"]["test_acc"] > 0.8 and r["baseline"]["test_acc"] > 0.7
+    assert r["distillation_gain_errors"] == r["baseline"]["test_errors"] - r["student"]["test_errors"]
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [(l["phase"], l["epoch"]) for l in lines] == [("teacher", 1), ("teacher", 2), ("teacher", 3),
+                                                         *[("distill", e) for e in range(1, 11)],
+                                                         *[("baseline", e) for e in range(1, 11)]]
+    assert {l["teacher_outputs"] for l in lines if l["phase"] == "distill"} == {"cached"}
+    assert set(lines[3]["loss_parts"]) == {"kd", "ce"}
+    # the written student reloads and reproduces the reported test accuracy
+    from ondevice.data import load_dataset
+    from ondevice.train import evaluate
+
+    splits = load_dataset("digits", seed=0)
+    again = evaluate(load_student(out), splits.test.x, splits.test.y)
+    assert again["errors"] == r["student"]["test_errors"]
+
+
+def test_best_checkpoint_is_the_best_validation_epoch(digits_run):
+    res, _ = digits_run
+    lines = [json.loads(l) for l in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    d = [l for l in lines if l["phase"] == "distill"]
+    best = max(d, key=lambda l: l["val_acc"])
+    r = json.loads((res.output_dir / "results.json").read_text())
+    assert r["student"]["best_epoch"] == best["epoch"]
+    assert r["student"]["best_val_acc"] == pytest.approx(best["val_acc"])
+
+
+def test_second_run_reuses_checkpoints(digits_run):
+    res, tmp = digits_run
+    before = (res.output_dir / "checkpoints" / "distill.pt").stat().st_mtime_ns
+    again = distill(load_recipe(tmp / "r.toml"))
+    assert (res.output_dir / "checkpoints" / "distill.pt").stat().st_mtime_ns == before  # nothing retrained
+    assert again.results["student"]["test_errors"] == res.results["student"]["test_errors"]
+
+
+def test_augmentation_computes_teacher_outputs_live(tmp_path):
+    res = distill(load_recipe(write_recipe(tmp_path, epochs=1, shift=1)))
+    assert res.results["teacher_outputs"] == "live"
+    assert "augmented" in res.results["teacher_outputs_reason"]
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path):
+    straight = write_recipe(tmp_path, "a.toml", out=tmp_path / "a")
+    killed = write_recipe(tmp_path, "b.toml", out=tmp_path / "b")
+    assert cli("distill", str(straight)).returncode == 0
+    p = cli("distill", str(killed), env={"ONDEVICE_KILL_AFTER": "distill:2"})
+    assert p.returncode == 137, p.stderr  # died abruptly after epoch 2's checkpoint
+    assert not (tmp_path / "b" / "student.pt").exists()
+    p = cli("distill", str(killed))
+    assert p.returncode == 0, p.stderr
+    assert "resuming from" in p.stderr and "after epoch 2/3" in p.stderr
+    assert states_equal(tmp_path / "a" / "student.pt", tmp_path / "b" / "student.pt")
+    assert states_equal(tmp_path / "a" / "baseline.pt", tmp_path / "b" / "baseline.pt")
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    rp = write_recipe(tmp_path, epochs=2)
+    p = cli("distill", str(rp), env={"ONDEVICE_KILL_AFTER": "distill:1"})
+    assert p.returncode == 137
+    ck = tmp_path / "out" / "checkpoints" / "distill.pt"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2])  # truncated, as by a full disk
+    with pytest.raises(CheckpointError, match=r"distill\.pt is corrupted or truncated .*Delete it .*--fresh"):
+        distill(load_recipe(rp))
+    p = cli("distill", str(rp))
+    assert p.returncode == 2 and "corrupted or truncated" in p.stderr
+    assert cli("distill", str(rp), "--fresh").returncode == 0
+
+
+def test_checkpoint_of_another_recipe_is_refused(tmp_path):
+    rp = write_recipe(tmp_path, epochs=2)
+    assert cli("distill", str(rp), env={"ONDEVICE_KILL_AFTER": "distill:1"}).returncode == 137
+    with pytest.raises(CheckpointError, match="written by a different recipe"):
+        distill(load_recipe(rp, ["train.lr=0.05"]))
+
+
+NAN_MODULE = '''
+import torch
+from torch import nn
+
+class Flaky(nn.Module):
+    """A real MLP whose output turns NaN from the Nth training forward pass on (a diverging model)."""
+    def __init__(self, after):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+        self.after, self.calls = after, 0
+    def forward(self, x):
+        y = self.net(x)
+        if self.training:
+            self.calls += 1
+            if self.calls > self.after:
+                y = y * float("nan")
+        return y
+
+def flaky(after=30):
+    return Flaky(after)
+'''
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    (tmp_path / "flaky_models.py").write_text(NAN_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # digits: 1293 training samples / 64 = 20 steps per epoch, so NaN appears in epoch 2
+    rp = write_recipe(tmp_path, student="flaky_models:flaky", student_kwargs="{ after = 30 }")
+    with pytest.raises(TrainingDivergedError,
+                       match=r"\[distill\] loss became nan at epoch 2, step 11/20 .*last good checkpoint \(epoch 1\) "
+                             r"is kept at .*distill\.pt.*Lower train\.lr"):
+        distill(load_recipe(rp))
+    st = torch.load(tmp_path / "out" / "checkpoints" / "distill.pt", weights_only=True)
+    assert st["epoch"] == 1 and all(torch.isfinite(v).all() for v in st["best_model"].values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_match_one(tmp_path):
+    one = write_recipe(tmp_path, "one.toml", out=tmp_path / "one", epochs=2,
+                       student_kwargs="{ in_features = 64, hidden = [32], num_classes = 10 }")
+    two = write_recipe(tmp_path, "two.toml", out=tmp_path / "two", epochs=2,
+                       student_kwargs="{ in_features = 64, hidden = [32], num_classes = 10 }")
+    assert cli("distill", str(one)).returncode == 0
+    torchrun = Path(PY).with_name("torchrun")
+    env = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(torchrun), "--nnodes", "1", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+                        "--master-port", str(_free_port()), "-m", "ondevice.cli", "distill", str(two)],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert r2["world_size"] == 2
+    for f in ("teacher.pt", "student.pt", "baseline.pt"):
+        a = torch.load(tmp_path / "one" / f, weights_only=True)
+        b = torch.load(tmp_path / "two" / f, weights_only=True)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5, msg=f"{f}:{k}")
+
+
+def test_cli_bad_recipe_exits_2_naming_the_key(tmp_path):
+    rp = write_recipe(tmp_path)
+    rp.write_text(rp.read_text().replace("[train]\n", "[train]\nepoch = 3\n"))
+    p = cli("distill", str(rp))
+    assert p.returncode == 2
+    assert "train.epoch: unknown key; valid keys here:" in p.stderr
+
+
+def test_cli_missing_data_exits_2_with_the_fetch_command(tmp_path):
+    rp = write_recipe(tmp_path)
+    rp.write_text(rp.read_text().replace('dataset = "digits"', 'dataset = "fashion-mnist"\nroot = "%s"' % (tmp_path / "none")))
+    p = cli("distill", str(rp), env={"ONDEVICE_DATA": str(tmp_path / "empty")})
+    assert p.returncode == 2
+    assert "ondevice fetch fashion-mnist" in p.stderr
