@@ -245,7 +245,9 @@ class FashionCNN(_FeaturesClassifier):
       0 Conv(1,32) 1 BN 2 ReLU 3 Conv(32,32) 4 BN 5 ReLU 6 MaxPool 7 Dropout2d
       8 Conv(32,64) 9 BN 10 ReLU 11 Conv(64,64) 12 BN 13 ReLU 14 MaxPool 15 Dropout2d
     classifier: 0 Linear(3136,128) 1 ReLU 2 Dropout 3 Linear(128,10)
-    Trained with the ondevice trainer it aims at ~92-93% test accuracy (the Fashion-MNIST table: small CNNs 91-93%).
+    Target ~92% test accuracy after full training (estimated from the Fashion-MNIST benchmark table, where small
+    CNNs reach 91-93%; not measured here). Measured smoke run (CPU, Adam 2e-3, 2 epochs on 8k train images):
+    80.6% on 2,000 test images.
     """
 
     def __init__(self, widths: Sequence[int] = (32, 64), hidden: int = 128, num_classes: int = 10,

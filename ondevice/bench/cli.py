@@ -113,24 +113,39 @@ def _print_summary(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import tables
+    from .report import fmt, fmt_bytes, fmt_pct
 
-    title, caption, hdr, rows = tables(report)[0]
-    t = Table(title=f"ondevice bench ({report['measured_on']})", caption=caption, caption_justify="left")
-    for h in hdr:
-        t.add_column(h)
-    for r in rows:
-        t.add_row(*r)
+    threads = report["config"]["threads"]
+    t = Table(title=f"ondevice bench: {report['measured_on']}", title_justify="left")
+    for h in ["item", "status", "size", "accuracy", "retention", "agreement"] + [f"p50 ms @{n}t" for n in threads]:
+        t.add_column(h, overflow="fold")
+    for it in report["items"]:
+        a = it.get("accuracy") or {}
+        cells = []
+        for n in threads:
+            run = next((r for r in it["runs"] if r["threads"] == n), None)
+            if not it["latency"]["measurable"]:
+                cells.append("n/a here")
+            elif run and run.get("latency"):
+                cells.append(fmt(run["latency"]["p50_ms"], ".4g"))
+            else:
+                cells.append(run["status"] if run else "-")
+        t.add_row(it["label"], it["status"], fmt_bytes(it["size_bytes"]), fmt_pct(a.get("accuracy")),
+                  fmt_pct(a.get("retention")), fmt_pct(a.get("top1_agreement")), *cells)
     con = Console()
     con.print(t)
     for w in report.get("warnings", []):
-        con.print(f"[yellow]warning:[/yellow] {w}")
+        con.print(f"warning: {w}", markup=False, highlight=False)
     for it in report["items"]:
+        if not it["latency"]["measurable"]:
+            con.print(f"{it['label']}: latency not measurable here: {it['latency']['reason']}", markup=False,
+                      highlight=False)
         for e in it["errors"]:
-            con.print(f"[red]{it['label']}[/red] ({e['stage']}, threads {e.get('threads')}): {e['message'][:300]}",
-                      markup=True, highlight=False)
+            con.print(f"{it['label']} failed ({e['stage']}, threads {e.get('threads')}): {e['message'][:300]}",
+                      markup=False, highlight=False)
     f = report.get("files", {})
-    print(f"reports: {f.get('json')}, {f.get('markdown')}, {f.get('html')}")
+    print(f"energy estimates per device profile, latency CIs and memory: {f.get('markdown')}, {f.get('html')}, "
+          f"{f.get('json')}")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -73,6 +73,8 @@ class BenchConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        d["threads"] = list(self.threads)
+        d["input_shape"] = list(self.input_shape) if self.input_shape else None
         d["profiles"] = self.profiles if isinstance(self.profiles, str) else [str(p) for p in self.profiles]
         return d
 

@@ -43,13 +43,20 @@ PRECISION_COST: dict[str, tuple[str, float, int]] = {
 ACCUMULATOR = {"float32": "float32", "float16": "float16", "int8": "int32"}
 
 
-def precision_cost(precision: str | None) -> tuple[str, float, int, bool]:
-    """(compute kind, weight bits, activation bits, assumed?) for a precision name (unknown -> fp32, assumed)."""
-    if precision in PRECISION_COST:
-        k, wb, ab = PRECISION_COST[precision]
-        return k, wb, ab, False
-    k, wb, ab = PRECISION_COST["fp32"]
-    return k, wb, ab, True
+def precision_cost(precision: str | None, compute_precision: str | None = None) -> tuple[str, float, int, bool]:
+    """(compute kind, weight bits, activation bits, assumed?) for a precision name (unknown -> fp32, assumed).
+
+    compute_precision (an artifact's own float compute type, e.g. Core ML's "FLOAT16") overrides a float
+    compute kind and the float activation width."""
+    assumed = precision not in PRECISION_COST
+    k, wb, ab = PRECISION_COST["fp32" if assumed else precision]
+    cp = str(compute_precision or "").lower()
+    if k != "int8" and cp:
+        if "16" in cp:
+            k, ab = "float16", 16
+        elif "32" in cp:
+            k, ab = "float32", 32
+    return k, wb, ab, assumed
 
 
 # --- counting from the source model ------------------------------------------------------------------------
@@ -78,8 +85,7 @@ def count_graph(model, example) -> dict:
     finally:
         for h in handles:
             h.remove()
-    flops_by_op = {str(k).split(".")[-2] if "." in str(k) else str(k): int(v)
-                   for k, v in fc.get_flop_counts().get("Global", {}).items()}
+    flops_by_op = {getattr(k, "__name__", str(k)): int(v) for k, v in fc.get_flop_counts().get("Global", {}).items()}
     in_elems = int(example.numel())
     out_elems = _numel(out)
     act = sum(o for _, _, o in records) if records else out_elems
@@ -100,17 +106,35 @@ def count_graph(model, example) -> dict:
 
 
 def weight_bytes_for(graph: dict, precision: str | None, inspect: dict | None) -> tuple[int, str]:
-    """Stored weight bytes of an artifact: the target's own figure when present, else params x bits/8."""
-    if inspect and isinstance(inspect.get("weight_bytes"), (int, float)) and inspect["weight_bytes"] > 0:
-        return int(inspect["weight_bytes"]), "artifact inspect(): weight_bytes"
+    """Stored weight bytes of an artifact, from the artifact's own weight dtypes where it reports them.
+
+    inspect()["weight_bytes"] (an int, or {dtype: bytes} as ONNX Runtime and TFLite report it) is used first;
+    then inspect()["weight_dtypes"] when its values are byte counts ({dtype: bytes}, as Core ML reports it) rather
+    than tensor counts -- told apart by size: a byte total is at least 0.3x the bytes the precision implies
+    (a tensor count is far below that);
+    else parameters x bits-per-weight of the precision (PRECISION_COST).
+    """
+    info = inspect or {}
+    wb = info.get("weight_bytes")
+    if isinstance(wb, dict) and wb and all(isinstance(v, (int, float)) for v in wb.values()):
+        wb = sum(wb.values())
+    if isinstance(wb, (int, float)) and not isinstance(wb, bool) and wb > 0:
+        return int(wb), "the artifact's stored weights by dtype (inspect: weight_bytes)"
     _, wbits, _, assumed = precision_cost(precision)
+    expected = int(math.ceil(graph["parameters"] * wbits / 8))
+    wd = info.get("weight_dtypes")
+    if isinstance(wd, dict) and wd and all(isinstance(v, (int, float)) for v in wd.values()):
+        total = sum(wd.values())
+        if total >= 0.3 * expected:
+            return int(total), "the artifact's stored weights by dtype (inspect: weight_dtypes, bytes)"
     src = f"{graph['parameters']} parameters x {wbits:g} bits ({precision or 'unknown precision, fp32 assumed'})"
-    return int(math.ceil(graph["parameters"] * wbits / 8)), src
+    return expected, src
 
 
-def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes: int) -> dict:
+def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes: int,
+             compute_precision: str | None = None) -> dict:
     """Energy / latency / rate / fit of one inference (batch 1) on `profile`. See the module docstring."""
-    kind, _, abits, assumed = precision_cost(precision)
+    kind, _, abits, assumed = precision_cost(precision, compute_precision)
     abytes = abits / 8.0
     macs = graph["macs"]
     act_traffic = (graph["input_elements"] + 2 * graph["activation_elements"]) * abytes

@@ -164,7 +164,8 @@ class ArtifactEngine:
         self.latency_measurable = bool(getattr(self.target, "latency_measurable", True))
         self.latency_reason = None
         if not self.latency_measurable:
-            self.latency_reason = (getattr(self.target, "latency_reason", None)
+            self.latency_reason = (getattr(self.target, "latency_note", None)
+                                   or getattr(self.target, "latency_reason", None)
                                    or getattr(self.target, "latency_not_measurable_reason", None)
                                    or getattr(self.target, "reason", None)
                                    or f"target {target!r} has no runtime on this platform")

@@ -302,7 +302,8 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, info
         errors = [v.error for v in its if v.error] + ([acc_errors[i]] if i in acc_errors else [])
         runs = []
         for v in its:
-            run: dict[str, Any] = {"threads": v.threads, "status": "ok", "error": v.error}
+            run: dict[str, Any] = {"threads": v.threads, "status": "ok", "error": v.error,
+                                   "omp_num_threads": (v.init.get("thread_env") or {}).get("OMP_NUM_THREADS")}
             if v.error:
                 run["status"] = "failed"
             elif v.init and not v.init.get("latency_measurable", True):
@@ -350,14 +351,17 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, info
         graph_i = i if it.kind == "pytorch" else src_idx
         graph = graphs.get(graph_i) if graph_i is not None else None
         energy: dict[str, Any] = {"estimated": None, "estimated_reason": None, "graph": None, "graph_source": None}
-        if graph is not None:
+        if graph is not None and it.kind == "artifact" and not info:
+            energy["estimated_reason"] = "the artifact could not be loaded and inspected (see errors)"
+        elif graph is not None:
             wb, wsrc = weight_bytes_for(graph, it.precision, info.get("inspect"))
+            cprec = (info.get("inspect") or {}).get("compute_precision")
             energy["graph"] = graph
             energy["graph_source"] = (f"counted on {items[graph_i].label} (PyTorch)" if graph_i != i
                                       else "counted on this model (PyTorch)")
             energy["weight_bytes"] = wb
             energy["weight_bytes_source"] = wsrc
-            energy["estimated"] = [estimate(p, graph, it.precision, wb) for p in profiles]
+            energy["estimated"] = [estimate(p, graph, it.precision, wb, cprec) for p in profiles]
         else:
             energy["estimated_reason"] = (graph_errors.get(graph_i) if graph_i is not None and graph_i in graph_errors
                                           else "no source PyTorch model to count MACs from: pass the student "

@@ -370,8 +370,9 @@ def plot_retention(report: dict) -> tuple[str, str] | None:
         ax.annotate(f"{accs[i]:.2f}%" + (f"\n({100 * ret:.1f}%)" if ret is not None else ""), (i, accs[i]),
                     textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.set_xticks(range(len(chain)), chain, rotation=25, ha="right", fontsize=8)
-    lo = min(accs)
-    ax.set_ylim(max(0.0, lo - max(2.0, (max(accs) - lo) * 0.5)), min(100.0, max(accs) + 1.5))
+    lo, hi = min(accs), max(accs)
+    span = max(2.0, hi - lo)
+    ax.set_ylim(max(0.0, lo - 0.3 * span), hi + 0.25 * span)  # room above the points for the labels
     ax.set_ylabel("test accuracy, % (measured)")
     ax.set_title(f"Retention chain (in brackets: retention vs {report.get('reference') or 'reference'})")
     ax.grid(alpha=0.3)

@@ -247,7 +247,7 @@ class Worker:
         if line is None:
             self._fail(f"worker {self.label} crashed during {what or 'a command'}")
         reply = json.loads(line)
-        if not reply.get("ok"):
+        if not reply.pop("ok", False):
             raise WorkerError(f"{what or 'command'} failed: {reply.get('error')}", self.stderr_tail(),
                               reply.get("traceback", ""))
         return reply

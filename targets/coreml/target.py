@@ -140,19 +140,67 @@ def resolve_deployment_target(precision: str, requested: str | None) -> tuple[st
     return requested, "requested"
 
 
-def _compression_config(precision: str):
-    """The coremltools.optimize.coreml call and config that produce `precision` (None for fp32/fp16)."""
+def int4_block_size(dim: int) -> int:
+    """Block length along a weight's input axis: 32 where it divides `dim`, else the largest divisor in
+    8..31, else the whole axis (one scale per output channel). coremltools skips a tensor whose input axis is not
+    a multiple of the block, which would leave e.g. a 400-input linear layer in fp32."""
+    if dim % INT4_BLOCK_SIZE == 0:
+        return INT4_BLOCK_SIZE
+    for b in range(INT4_BLOCK_SIZE - 1, 7, -1):
+        if dim % b == 0:
+            return b
+    return dim
+
+
+def _int4_block_overrides(mlmodel) -> dict[str, int]:
+    """{weight const name: block size} for every compressible weight whose input axis is not a multiple of 32."""
+    from coremltools.optimize._utils import select_input_output_channel_axis
+
+    out = {}
+    for op in mlmodel._mil_program.functions["main"].operations:
+        if op.op_type != "const":
+            continue
+        val = op.outputs[0].val
+        if not isinstance(val, np.ndarray) or val.dtype.kind != "f" or val.size < WEIGHT_THRESHOLD:
+            continue
+        in_axis, _ = select_input_output_channel_axis(op)
+        if in_axis is None:
+            continue
+        block = int4_block_size(int(val.shape[in_axis]))
+        if block != INT4_BLOCK_SIZE:
+            out[op.name] = block
+    return out
+
+
+def _compression_config(precision: str, mlmodel):
+    """The coremltools.optimize.coreml call and OptimizationConfig that produce `precision` (None for fp32/fp16),
+    plus notes to record in the package metadata."""
     import coremltools.optimize.coreml as cto
 
     if precision in ("fp32", "fp16"):
-        return None, None
+        return None, None, {}
+    if precision == "int4_weight_only":
+        blocks = _int4_block_overrides(mlmodel)
+        per_name = {name: cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                                      block_size=b, weight_threshold=WEIGHT_THRESHOLD)
+                    for name, b in blocks.items()}
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
+                                         block_size=INT4_BLOCK_SIZE, weight_threshold=WEIGHT_THRESHOLD)
+        notes = {"ondevice.int4_block_size": str(INT4_BLOCK_SIZE)}
+        if blocks:
+            notes["ondevice.int4_block_overrides"] = ", ".join(f"{k}={v}" for k, v in sorted(blocks.items()))
+        return (cto.linear_quantize_weights,
+                cto.OptimizationConfig(global_config=op, op_name_configs=per_name or None), notes)
+    fn, op = _global_compression(precision)
+    return fn, cto.OptimizationConfig(global_config=op), {}
+
+
+def _global_compression(precision: str):
+    import coremltools.optimize.coreml as cto
+
     if precision == "int8_weight_only":
         op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel",
                                          weight_threshold=WEIGHT_THRESHOLD)
-        return cto.linear_quantize_weights, op
-    if precision == "int4_weight_only":
-        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int4", granularity="per_block",
-                                         block_size=INT4_BLOCK_SIZE, weight_threshold=WEIGHT_THRESHOLD)
         return cto.linear_quantize_weights, op
     if precision == "palettize4":
         import importlib.util
@@ -335,12 +383,10 @@ class CoreMLTarget(Target):
                                      minimum_deployment_target=getattr(ct.target, dt_name))
             except Exception as e:
                 raise ConversionError(_conversion_message(e, cap.errors, precision.name)) from e
-            fn, op_config = _compression_config(precision.name)
+            fn, config, notes = _compression_config(precision.name, mlmodel)
             if fn is not None:
-                import coremltools.optimize.coreml as cto
-
                 try:
-                    mlmodel = fn(mlmodel, cto.OptimizationConfig(global_config=op_config))
+                    mlmodel = fn(mlmodel, config)
                 except Exception as e:
                     raise ConversionError(
                         f"coremltools.optimize.coreml.{fn.__name__} failed for coreml/{precision.name} "
@@ -351,6 +397,8 @@ class CoreMLTarget(Target):
         md["ondevice.compute_precision"] = "fp16" if precision.name == "fp16" else "fp32"
         md["ondevice.deployment_target"] = dt_name
         md["ondevice.deployment_target_reason"] = dt_why
+        for k, v in notes.items():
+            md[k] = v
         if fn is not None:
             n = sum(1 for op in mlmodel._mil_program.functions["main"].operations
                     if op.op_type.startswith("constexpr_"))

@@ -51,6 +51,7 @@ _NOISE = re.compile("|".join([
     r"Failed to load .*torchao",                   # torchao's missing CUDA kernels
     r"_pytree\.py.*register_constant",
     r"return cls\.__new__",                        # FutureWarning continuation lines from copyreg
+    r"LeafSpec",                                   # torch pytree deprecation (FutureWarning)
     r"Created TensorFlow Lite XNNPACK delegate",
     r"^(Original|Quantized) model size:|^Quantization Ratio:|^Total time:",  # ai-edge-quantizer prints
     r"^\s*$",
@@ -144,7 +145,7 @@ def _locate_op(module, args: tuple, kwargs: dict, op: str) -> str | None:
             if stack:
                 path, typ = list(stack.values())[-1]
                 typ = getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1])
-                where.append(f"module {path!r} ({typ})")
+                where.append(f"module {path!r} ({typ})" if path else f"the forward of {typ} itself")
             trace = node.meta.get("stack_trace") or ""
             m = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', trace)
             if m:
@@ -163,7 +164,10 @@ def _conversion_error(exc: BaseException, stage: str, precision: str, cap: _Capt
     m = re.search(r"Lowering not found: (\S+)", msg)
     if m:
         op = m.group(1)
-        where = _locate_op(module, args, kwargs or {}, op) if module is not None else None
+        where = None
+        if module is not None:
+            with _quiet():
+                where = _locate_op(module, args, kwargs or {}, op)
         if where is None:
             t = re.search(r'Original traceback:\s*File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)', msg)
             where = f"{Path(t.group(1)).name}:{t.group(2)} in {t.group(3)}: {t.group(4).strip()}" if t else None
@@ -181,10 +185,10 @@ def _conversion_error(exc: BaseException, stage: str, precision: str, cap: _Capt
     else:
         first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
         text = (f"tflite conversion at precision {precision!r} failed during {stage}: {type(exc).__name__}: {first}. "
-                f"Try {others}, another target ('onnxruntime', 'executorch'), or simplify the module named above.")
-    extra = cap.relevant(last=8)
-    if extra:
-        text += "\nconverter output:\n  " + "\n  ".join(extra)
+                f"Try {others}, another target ('onnxruntime', 'executorch'), or simplify the model.")
+        extra = cap.relevant(last=8)
+        if extra:
+            text += "\nconverter output:\n  " + "\n  ".join(extra)
     return ConversionError(text)
 
 
@@ -245,6 +249,32 @@ class Prepared:
     pt2e_quantizer: Any = None  # set when `module` carries PT2E quantize/dequantize nodes (int8_static)
 
 
+CALIBRATION_CHUNK = 64  # samples per calibration forward when the batch dimension could be made dynamic
+
+
+def _export_for_calibration(module, args: tuple, kwargs: dict, nhwc: bool):
+    """torch.export the float model for PT2E; returns (graph module, dynamic batch?).
+
+    The batch dimension is made dynamic so calibration runs CALIBRATION_CHUNK samples per forward (the histogram
+    observers are slow per call); a model that pins its batch size falls back to the example's static batch.
+    The converted artifact keeps the example's static batch either way (litert_torch re-traces with it).
+    """
+    import torch
+
+    x = kwargs[NHWC_INPUT_NAME] if nhwc else args[0]  # (b, ...)
+    try:
+        batch = torch.export.Dim("batch", min=1, max=1 << 16)
+        x2 = torch.cat([x[:1], x[:1]])  # (2, ...): a batch-1 example would specialise the batch dimension
+        if nhwc:
+            ep = torch.export.export(module, (), {NHWC_INPUT_NAME: x2}, dynamic_shapes={NHWC_INPUT_NAME: {0: batch}})
+        else:
+            ep = torch.export.export(module, (x2, *args[1:]), dynamic_shapes=({0: batch},) + (None,) * (len(args) - 1))
+        return ep.module(), True
+    except Exception as e:  # e.g. a reshape with a hard-coded batch of 1
+        log.debug("dynamic-batch export for calibration failed (%s); calibrating at the static batch", e)
+        return torch.export.export(module, args, kwargs).module(), False
+
+
 def _pt2e_static(module, args: tuple, kwargs: dict, calibration: np.ndarray, nhwc: bool):
     """Full-integer PT2E: symmetric per-channel int8 weights, static int8 activations calibrated on real samples."""
     import torch
@@ -253,19 +283,22 @@ def _pt2e_static(module, args: tuple, kwargs: dict, calibration: np.ndarray, nhw
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    gm = torch.export.export(module, args, kwargs).module()
+    gm, dynamic = _export_for_calibration(module, args, kwargs, nhwc)
     gm = prepare_pt2e(gm, quantizer)
-    # The traced graph has the example's static batch b; calibrate in chunks of b (observers keep running min/max).
     cal = np.asarray(calibration, dtype=np.float32)  # (N, C, ...) NCHW real samples
     if nhwc:
         cal = _nchw_to_nhwc(cal)  # (N, ..., C)
-    b = (kwargs[NHWC_INPUT_NAME] if nhwc else args[0]).shape[0]
-    if len(cal) < b:
+    b = int((kwargs[NHWC_INPUT_NAME] if nhwc else args[0]).shape[0])  # the example's batch
+    if dynamic:
+        starts, chunk = range(0, len(cal), CALIBRATION_CHUNK), CALIBRATION_CHUNK
+    elif len(cal) >= b:
+        starts, chunk = range(0, len(cal) - b + 1, b), b  # a static graph only takes whole batches of b
+    else:
         raise ValueError(f"int8_static needs at least {b} calibration samples (the example batch); got {len(cal)}")
     with torch.no_grad():
-        for i in range(0, len(cal) - b + 1, b):
-            chunk = torch.from_numpy(cal[i:i + b])
-            gm(**{NHWC_INPUT_NAME: chunk}) if nhwc else gm(chunk)
+        for i in starts:
+            part = torch.from_numpy(np.ascontiguousarray(cal[i:i + chunk]))
+            gm(**{NHWC_INPUT_NAME: part}) if nhwc else gm(part, *args[1:])
     gm = convert_pt2e(gm, fold_quantize=False)
     move_exported_model_to_eval(gm)
     for sub in gm.modules():  # the exported module refuses .eval(); litert warns about training mode otherwise

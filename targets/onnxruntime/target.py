@@ -1,0 +1,319 @@
+"""ONNX Runtime target: torch.onnx (dynamo) export, onnxruntime.quantization, ONNX Runtime CPU execution provider.
+
+Precisions (README.md has what each produces and what was measured here):
+  fp32          torch.onnx.export(model, args, dynamo=True, external_data=False): one self-contained .onnx file
+  fp16          fp32 graph through onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True):
+                float16 initializers and compute, float32 inputs/outputs (Cast nodes at the edges)
+  int8_dynamic  quant_pre_process, then quantize_dynamic(per_channel=True, weight_type=QInt8): int8 weights,
+                activations quantized at run time per tensor (DynamicQuantizeLinear -> MatMulInteger/ConvInteger)
+  int8_static   quant_pre_process, then quantize_static(QDQ, per_channel=True) with a CalibrationDataReader over
+                the real calibration samples: int8 weights and activations as QuantizeLinear/DequantizeLinear pairs
+
+All SDK imports (onnx, onnxruntime, onnxscript via torch.onnx) happen inside functions.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ondevice.errors import ConversionError
+from ondevice.precision import Precision
+from ondevice.target import Target
+
+log = logging.getLogger("ondevice.targets.onnxruntime")
+
+DEFAULT_OPSET = 20
+MAX_BATCH = 4096  # upper bound given to the exporter for the symbolic batch dimension
+CALIBRATION_BATCH = 32  # samples per calibration call when the graph has a symbolic batch dimension
+
+# Loggers of the exporter/quantizer stack whose INFO/WARNING chatter is not the user's business.
+_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "root")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Python warnings and the exporter's/quantizer's log chatter; errors still propagate as exceptions."""
+    saved = {name: logging.getLogger(None if name == "root" else name).level for name in _CHATTY_LOGGERS}
+    try:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(None if name == "root" else name).setLevel(level)
+
+
+def _conversion_error(exc: BaseException, stage: str, precision: str, model_name: str) -> ConversionError:
+    """Turn an exporter/quantizer exception into a ConversionError that names the op, what was done and what to try."""
+    text = f"{type(exc).__name__}: {exc}"
+    op = None
+    for pattern in (r"aten::[A-Za-z0-9_.]+", r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?",
+                    r"(?:node|op)(?: type)? ['\"]?([A-Z][A-Za-z0-9]+)"):
+        m = re.search(pattern, text)
+        if m:
+            op = m.group(m.lastindex or 0)
+            break
+    where = f"op {op!r}" if op else "an op of the model (see the cause below)"
+    first = text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+    hint = {
+        "export": "rewrite that op with supported primitives, try another opset (option opset=18..21), "
+                  "or use another target (executorch, tflite)",
+        "fp16": "keep fp32 for this model on onnxruntime, or use fp16 on coreml/tflite",
+        "int8_dynamic": "try int8_static (QDQ) or fp32/fp16 on onnxruntime",
+        "int8_static": "try int8_dynamic, option calibrate_method='minmax', or another target's int8_static",
+    }.get(stage, "try another precision or target")
+    return ConversionError(
+        f"onnxruntime target, precision {precision}: {stage} step failed on {where} of {model_name}. "
+        f"Cause: {first}. What was done: the step was aborted and no artifact was written. Try: {hint}.")
+
+
+# --- torch -> ONNX -----------------------------------------------------------------------------------------
+def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True) -> bool:
+    """Export `model` to one self-contained ONNX file at `path`. Returns True when the batch dim is symbolic.
+
+    With dynamic_batch the example is repeated to batch 2 (a size-1 example would be specialised) and dim 0 gets
+    a symbolic `batch`; if the exporter cannot keep it symbolic the export is redone with the static example.
+    """
+    import torch
+
+    model = model.eval()
+    if dynamic_batch:
+        from torch.export import Dim
+
+        ex2 = tuple(torch.cat([t, t], 0) if t.shape[0] == 1 else t for t in example_inputs)  # (2, ...) each
+        dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
+        try:
+            with _quiet():
+                prog = torch.onnx.export(model, ex2, dynamo=True, external_data=False, opset_version=opset,
+                                         dynamic_shapes=dyn, verbose=False, report=False)
+            prog.save(str(path))
+            return True
+        except Exception as e:  # noqa: BLE001 - retried statically below; a second failure is reported
+            log.info("onnxruntime: symbolic batch export failed (%s: %s); exporting with a static batch",
+                     type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+    with _quiet():
+        prog = torch.onnx.export(model, example_inputs, dynamo=True, external_data=False, opset_version=opset,
+                                 verbose=False, report=False)
+    prog.save(str(path))
+    return False
+
+
+class _Reader:
+    """onnxruntime CalibrationDataReader over real samples: batches of CALIBRATION_BATCH (or 1 for a static batch)."""
+
+    def __init__(self, calibration: np.ndarray, input_name: str, batch: int):
+        x = np.ascontiguousarray(calibration, dtype=np.float32)
+        self._feeds = [{input_name: x[i:i + batch]} for i in range(0, len(x) - len(x) % batch or len(x), batch)]
+        self._it = iter(self._feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self._feeds)
+
+
+def _input_batch(model_path: Path) -> int | None:
+    """The first input's static batch size, or None when it is symbolic."""
+    import onnx
+
+    dim0 = onnx.load(str(model_path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim0.dim_value if dim0.HasField("dim_value") else None
+
+
+# --- runtime -----------------------------------------------------------------------------------------------
+@dataclass
+class OrtRunner:
+    session: Any
+    input_name: str
+    static_batch: int | None  # None: any batch size in one call
+
+
+class OnnxRuntimeTarget(Target):
+    def __init__(self, spec):
+        super().__init__(spec)
+        self._threads: int | None = None
+
+    # -- torch-level step: none (ONNX Runtime quantizes after conversion) ---------------------------------
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
+                 **options):
+        return model
+
+    def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
+               calibration: np.ndarray | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               activations: str = "int8", calibrate_method: str = "minmax", **_: Any) -> Path:
+        out = Path(out)
+        name = type(prepared).__name__
+        if activations not in ("int8", "uint8"):
+            raise ValueError(f"option activations={activations!r}: valid values are 'int8' and 'uint8'")
+        methods = ("minmax", "entropy", "percentile")
+        if calibrate_method not in methods:
+            raise ValueError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
+        with tempfile.TemporaryDirectory(prefix="ondevice-ort-") as td:
+            fp32 = Path(td) / "fp32.onnx"
+            try:
+                export_onnx(prepared, example_inputs, fp32, opset=int(opset), dynamic_batch=bool(dynamic_batch))
+            except Exception as e:
+                raise _conversion_error(e, "export", precision.name, name) from e
+            try:
+                if precision.name == "fp32":
+                    shutil.copyfile(fp32, out)
+                elif precision.name == "fp16":
+                    self._fp16(fp32, out)
+                elif precision.name == "int8_dynamic":
+                    self._int8_dynamic(fp32, Path(td), out)
+                elif precision.name == "int8_static":
+                    self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method)
+                else:  # the core checks precisions against the spec first
+                    raise ValueError(f"onnxruntime cannot produce {precision.name}")
+            except (ConversionError, ValueError):
+                raise
+            except Exception as e:
+                raise _conversion_error(e, precision.name, precision.name, name) from e
+        return out
+
+    @staticmethod
+    def _fp16(src: Path, out: Path) -> None:
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        with _quiet():
+            m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+        onnx.save(m16, str(out))
+
+    @staticmethod
+    def _pre_process(src: Path, dst: Path) -> None:
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        with _quiet():
+            quant_pre_process(str(src), str(dst))
+
+    def _int8_dynamic(self, src: Path, work: Path, out: Path) -> None:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        pre = work / "pre.onnx"
+        self._pre_process(src, pre)
+        with _quiet():
+            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
+
+    def _int8_static(self, src: Path, work: Path, out: Path, calibration: np.ndarray | None, activations: str,
+                     calibrate_method: str) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+        if calibration is None or len(calibration) == 0:
+            raise ValueError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training images)")
+        pre = work / "pre.onnx"
+        self._pre_process(src, pre)
+        import onnx
+
+        input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        batch = _input_batch(pre) or CALIBRATION_BATCH
+        method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                  "percentile": CalibrationMethod.Percentile}[calibrate_method]
+        uint8 = activations == "uint8"
+        with _quiet():
+            quantize_static(
+                str(pre), str(out), _Reader(calibration, input_name, batch), quant_format=QuantFormat.QDQ,
+                per_channel=True, reduce_range=uint8,
+                activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
+                calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
+
+    # -- runtime ---------------------------------------------------------------------------------------------
+    def set_threads(self, n: int) -> None:
+        self._threads = int(n)
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        if self._threads is not None:
+            so.intra_op_num_threads = self._threads
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3  # errors only; ORT warns about e.g. unused initializers on stderr otherwise
+        return so
+
+    def load(self, path: Path) -> OrtRunner:
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(path), self.session_options(), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0]
+        b = inp.shape[0]
+        return OrtRunner(sess, inp.name, b if isinstance(b, int) else None)
+
+    def run(self, runner: OrtRunner, x: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)  # (N, ...)
+        b = runner.static_batch
+        if b is None:
+            return np.asarray(runner.session.run(None, {runner.input_name: x})[0], dtype=np.float32)
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:  # pad the last chunk to the static batch with copies of its last sample
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            outs.append(np.asarray(runner.session.run(None, {runner.input_name: chunk})[0][:n], dtype=np.float32))
+        return np.concatenate(outs)
+
+    # -- inspection ------------------------------------------------------------------------------------------
+    def inspect(self, path: Path) -> dict:
+        import onnx
+        from onnx import numpy_helper
+
+        m = onnx.load(str(path))
+        ops: Counter[str] = Counter()
+
+        def walk(graph) -> None:
+            for node in graph.node:
+                ops[node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"] += 1
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.GRAPH:
+                        walk(attr.g)
+                    elif attr.type == onnx.AttributeProto.GRAPHS:
+                        for g in attr.graphs:
+                            walk(g)
+
+        walk(m.graph)
+        for fn in m.functions:  # local functions the exporter did not inline
+            for node in fn.node:
+                ops[node.op_type] += 1
+        counts: Counter[str] = Counter()
+        nbytes: Counter[str] = Counter()
+        for init in m.graph.initializer:
+            dt = onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name
+            counts[dt] += 1
+            nbytes[dt] += int(numpy_helper.to_array(init).nbytes)
+
+        def io(values) -> list[dict]:
+            out = []
+            for v in values:
+                tt = v.type.tensor_type
+                shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+                out.append({"name": v.name, "shape": shape,
+                            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
+            return out
+
+        return {
+            "format": "onnx",
+            "opset": {o.domain or "ai.onnx": o.version for o in m.opset_import},
+            "producer": f"{m.producer_name} {m.producer_version}".strip(),
+            "ops": dict(sorted(ops.items())),
+            "num_ops": int(sum(ops.values())),
+            "weight_dtypes": dict(counts),
+            "weight_bytes": dict(nbytes),
+            "inputs": io(m.graph.input),
+            "outputs": io(m.graph.output),
+            "dynamic_batch": _input_batch(Path(path)) is None,
+        }
