@@ -343,3 +343,66 @@ def dump_toml(d: dict[str, Any]) -> str:
 
     table("", d)
     return "\n".join(lines).lstrip() + "\n"
+
+
+def check_references(recipe: Recipe, source: str = "recipe") -> None:
+    """Resolve every name the recipe uses (models, dataset, losses, targets, precisions, device profiles) before any
+    work starts, so a typo fails in a second with the key path and the valid names, not after an hour of training."""
+    from .registry import UnknownNameError
+
+    problems: list[tuple[str, str]] = []
+
+    def check(path: str, fn) -> None:
+        try:
+            fn()
+        except (UnknownNameError, ConfigError, ValueError, KeyError) as e:
+            msg = str(e).replace("invalid recipe:\n  ", "")
+            problems.append((path, msg))
+
+    from . import models
+
+    for role in ("teacher", "student"):
+        ref = getattr(recipe, role).model
+        if ":" not in ref:
+            check(f"{role}.model", lambda ref=ref: models.MODELS.get(ref))
+    from . import data
+
+    check("data.dataset", lambda: data.DATASETS.get(recipe.data.dataset))
+    from .losses import build_loss
+
+    def losses() -> None:
+        try:
+            build_loss([l.as_dict() for l in recipe.distill.losses])
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("losses[", "distill.losses[")) from None
+
+    check("distill.losses", losses)
+    from .target import get_spec
+
+    for i, t in enumerate(recipe.export.targets):
+        try:
+            spec = get_spec(t.target)
+        except KeyError as e:
+            problems.append((f"export.targets[{i}].target", str(e)))
+            continue
+        for j, p in enumerate(t.precisions):
+            if p not in spec.precisions:
+                problems.append((f"export.targets[{i}].precisions[{j}]",
+                                 f"target {t.target!r} cannot produce {p!r}; it can do: {', '.join(spec.precisions)}"))
+        for k in t.options:
+            if k not in spec.options:
+                problems.append((f"export.targets[{i}].options.{k}",
+                                 f"unknown option for {t.target!r}; its options: {', '.join(spec.options) or '(none)'}"))
+    try:
+        from .bench.energy import load_profile
+    except ImportError:  # pragma: no cover - the bench package is part of ondevice
+        load_profile = None
+    if load_profile is not None:
+        names = list(recipe.bench.profiles) + ([recipe.gates.profile] if recipe.gates.profile else [])
+        for i, name in enumerate(names):
+            path = f"bench.profiles[{i}]" if i < len(recipe.bench.profiles) else "gates.profile"
+            check(path, lambda name=name: load_profile(name))
+    if problems:
+        lines = [f"{source}: {m}" if m.startswith(p) or m.startswith(f"{source}: {p}") else f"{source}: {p}: {m}"
+                 for p, m in problems]
+        raise ConfigError("invalid recipe:\n  " + "\n  ".join(lines), problems)

@@ -91,7 +91,8 @@ def test_memory_fields_present_and_positive(report):
             m = r["memory"]
             assert m["baseline_rss_bytes"] > 10 * 2**20  # python + numpy + the runtime
             assert m["load_peak_rss_above_baseline"] > 0
-            assert m["load_peak_rss_above_baseline"] >= m["rss_after_load_above_baseline"]
+            # the peak includes the RSS after loading (up to the kernel's per-CPU RSS counter slack)
+            assert m["load_peak_rss_above_baseline"] >= m["rss_after_load_above_baseline"] - 256 * 1024
             assert m["run_peak_rss_above_baseline"] >= 0
     fp32, int8 = _item(report, "onnxruntime/fp32"), _item(report, "onnxruntime/int8_static")
     assert int8["size_bytes"] < fp32["size_bytes"]

@@ -119,3 +119,29 @@ def test_section_hash_tracks_only_named_sections():
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_examples_validate(path):
     load_recipe(path)
+
+
+def test_names_are_resolved_before_any_work_with_key_paths_and_valid_names():
+    from ondevice.config import check_references
+
+    r = recipe_from_dict({
+        "teacher": {"model": "ccexam_mnist_cnnn"}, "student": {"model": "mnist_small_cnn"}, "data": {"dataset": "mnistt"},
+        "distill": {"losses": [{"name": "kd", "temprature": 3}]},
+        "export": {"targets": [{"target": "coreml", "precisions": ["int8_static"]}, {"target": "tflit"}]},
+    })
+    with pytest.raises(ConfigError) as ei:
+        check_references(r)
+    msg = str(ei.value)
+    assert "teacher.model: unknown model 'ccexam_mnist_cnnn'; valid models: " in msg
+    assert "Did you mean 'ccexam_mnist_cnn'?" in msg
+    assert "data.dataset: unknown dataset 'mnistt'; valid datasets: digits, fashion-mnist, idx, mnist, mnist1d" in msg
+    assert "distill.losses[0].temprature: unknown parameter for loss 'kd'" in msg
+    assert "export.targets[0].precisions[0]: target 'coreml' cannot produce 'int8_static'; it can do: fp32" in msg
+    assert "export.targets[1].target: unknown target 'tflit'; valid targets: coreml, executorch, onnxruntime, tflite" in msg
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_examples_reference_real_names(path):
+    from ondevice.config import check_references
+
+    check_references(load_recipe(path))

@@ -75,8 +75,8 @@ class _State:
         t0 = time.perf_counter()
         self.runner = self.engine.load()
         dt = time.perf_counter() - t0
-        peak = self.probe.phase_peak_above_baseline()
         after = self.probe.now_above_baseline()
+        peak = self.probe.phase_peak_above_baseline()  # read second: it includes `after`
         self.probe.start_phase()  # the run peak starts from here
         return {"load_seconds": dt, "load_peak_rss_above_baseline": peak, "rss_after_load_above_baseline": after}
 

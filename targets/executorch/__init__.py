@@ -1,0 +1,17 @@
+from ondevice.target import TargetSpec
+
+SPEC = TargetSpec(
+    name="executorch",
+    extra="executorch",
+    requires=("executorch", "torchao"),
+    precisions=("fp32", "int8_dynamic", "int8_static"),
+    suffix=".pte",
+    factory="ondevice.targets.executorch.target:ExecuTorchTarget",
+    description="ExecuTorch program lowered to the XNNPACK delegate (to_edge_transform_and_lower + "
+                "XnnpackPartitioner); int8 by PT2E (torchao prepare/convert with the XNNPACKQuantizer, symmetric "
+                "per-channel weights); run with executorch.runtime.Runtime",
+    options={
+        "batch": "static batch size of the exported program (int, default 1, what a phone app runs); run() "
+                 "splits larger inputs into chunks of this size and pads the last one",
+    },
+)

@@ -1,0 +1,421 @@
+"""ExecuTorch target: torch.export -> (PT2E int8) -> to_edge_transform_and_lower(XNNPACK) -> .pte, run by
+executorch.runtime.
+
+Precisions (README.md has what each produces and what was measured here):
+  fp32          fp32 program, every supported op delegated to XNNPACK
+  int8_dynamic  PT2E with XNNPACKQuantizer + get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True):
+                int8 per-channel weights on linear and conv layers, activations quantized at run time per tensor
+                (XNNPACK qd8 kernels); everything else stays fp32
+  int8_static   PT2E with get_symmetric_quantization_config(is_per_channel=True): int8 per-channel weights and int8
+                activations whose ranges come from the real calibration samples (HistogramObserver)
+
+int8_weight_only is not offered: the XNNPACKQuantizer has no weight-only config, and torchao's Int8WeightOnlyConfig
+lowers to fp32 matmuls that XNNPACK does not take (they run as portable kernels outside the delegate).
+
+SDK imports happen inside functions. `import executorch.runtime` takes ~10 s cold (it pulls in the exporter), so the
+runtime is imported once per process, on the first load.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.resources
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ondevice.errors import ConversionError
+from ondevice.precision import Precision
+from ondevice.target import Target
+
+log = logging.getLogger("ondevice.targets.executorch")
+
+MAX_BATCH = 4096  # bound of the symbolic batch dim used while calibrating
+CALIBRATION_BATCH = 32
+
+# Harmless output of the stack (torchao's missing CUDA kernels, a torch deprecation notice, cpuinfo probing the
+# ARM-only /sys files at runtime start-up). It is logged at DEBUG, never shown raw.
+_NOISE = re.compile("|".join([
+    r"Failed to load .*torchao",
+    r"is an Enum subclass and is now natively supported",
+    r"cpuinfo_utils\.cpp",
+    r"^\s*$",
+]))
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _NOISE.search(record.getMessage()):
+            log.debug("suppressed: %s", record.getMessage())
+            return False
+        return True
+
+
+for _name in ("torchao", "torch.utils._pytree"):
+    logging.getLogger(_name).addFilter(_DropNoise())
+
+
+@contextlib.contextmanager
+def _quiet_native() -> Iterator[None]:
+    """Capture what native code writes to fd 2 (cpuinfo probing on the first runtime load); replay lines that are
+    not known noise to stderr, log the rest at DEBUG."""
+    try:
+        fd = os.dup(2)
+    except OSError:  # no usable stderr (embedded interpreter): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(fd, 2)
+            os.close(fd)
+            tmp.seek(0)
+            for line in tmp.read().decode("utf-8", "replace").splitlines():
+                if _NOISE.search(line):
+                    log.debug("suppressed: %s", line)
+                else:
+                    os.write(2, (line + "\n").encode())
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+# --- process-wide runtime state (the ExecuTorch thread pool is process-wide) -------------------------------
+_RUNTIME: Any = None
+_THREADS: int | None = None
+_LOADED = False
+
+
+def runtime():
+    """The executorch.runtime.Runtime singleton, imported on first use."""
+    global _RUNTIME
+    if _RUNTIME is None:
+        with _quiet(), _quiet_native():
+            from executorch.runtime import Runtime
+
+            _RUNTIME = Runtime.get()
+    return _RUNTIME
+
+
+def _conversion_error(exc: BaseException, stage: str, precision: str, model_name: str) -> ConversionError:
+    text = f"{type(exc).__name__}: {exc}"
+    op = None
+    m = re.search(r"Missing out variants: \{([^}]*)\}", text)
+    if m:
+        op = m.group(1).replace("'", "")
+    else:
+        for pattern in (r"aten::[A-Za-z0-9_.]+", r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?",
+                        r"torch\.ops\.[A-Za-z0-9_.]+"):
+            m = re.search(pattern, text)
+            if m:
+                op = m.group(0)
+                break
+    first = text.strip().splitlines()[0][:500]
+    hint = {
+        "capture": "make the model traceable by torch.export (no data-dependent Python control flow), "
+                   "or use the onnxruntime target",
+        "quantize": "try the other int8 precision (int8_static / int8_dynamic), or fp32 on executorch",
+        "lower": "rewrite that op with ops XNNPACK supports, or try fp32 / another int8 precision",
+    }[stage]
+    where = f"op(s) {op}" if op else "the model (see the cause below)"
+    return ConversionError(
+        f"executorch target, precision {precision}: {stage} step failed on {where} of {model_name}. "
+        f"Cause: {first}. What was done: the step was aborted and no .pte was written. Try: {hint}.")
+
+
+def _batch_of(example_inputs: tuple, batch: int) -> tuple:
+    """Repeat the (1, ...) example along dim 0 to `batch` samples."""
+    import torch
+
+    return tuple(t if t.shape[0] == batch else torch.cat([t[:1]] * batch, 0) for t in example_inputs)
+
+
+def capture(model, example_inputs: tuple):
+    """torch.export the model with a symbolic batch dim (so calibration can run in batches); if that fails, with
+    the static example. Returns (GraphModule, calibration batch size)."""
+    import torch
+    from torch.export import Dim
+
+    with _quiet():
+        try:
+            ex2 = _batch_of(example_inputs, 2)
+            dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
+            return torch.export.export(model, ex2, dynamic_shapes=dyn).module(), CALIBRATION_BATCH
+        except Exception as e:  # noqa: BLE001 - falls back to the static capture, whose failure is reported
+            log.info("executorch: symbolic-batch capture failed (%s); calibrating one sample at a time",
+                     str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return torch.export.export(model, example_inputs).module(), int(example_inputs[0].shape[0])
+
+
+# --- the target -----------------------------------------------------------------------------------------------
+@dataclass
+class EtRunner:
+    method: Any
+    batch: int  # the program's static batch size
+    input_shape: tuple[int, ...]
+
+
+class ExecuTorchTarget(Target):
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
+                 **options):
+        if precision.name == "fp32":
+            return model
+        import torch
+
+        name = type(model).__name__
+        dynamic = precision.name == "int8_dynamic"
+        try:
+            captured, cal_batch = capture(model, example_inputs)
+        except Exception as e:
+            raise _conversion_error(e, "capture", precision.name, name) from e
+        try:
+            from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
+            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                XNNPACKQuantizer, get_symmetric_quantization_config)
+            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+            quantizer = XNNPACKQuantizer().set_global(
+                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
+            with _quiet():
+                prepared = prepare_pt2e(captured, quantizer)
+                if dynamic:
+                    # activation ranges are chosen at run time; one pass fills the per-channel weight observers
+                    samples = example_inputs[0].detach().numpy()
+                else:
+                    if calibration is None or len(calibration) == 0:
+                        raise ValueError("executorch int8_static needs calibration= real samples")
+                    samples = np.ascontiguousarray(calibration, dtype=np.float32)
+                with torch.no_grad():
+                    for i in range(0, len(samples), cal_batch):
+                        prepared(torch.from_numpy(samples[i:i + cal_batch]))  # (B, ...) real samples
+                converted = convert_pt2e(prepared)
+                if dynamic:
+                    DuplicateDynamicQuantChainPass()(converted)
+        except ValueError:
+            raise
+        except Exception as e:
+            raise _conversion_error(e, "quantize", precision.name, name) from e
+        return converted
+
+    def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
+               calibration: np.ndarray | None = None, *, batch: int = 1, **_: Any) -> Path:
+        import torch
+
+        batch = int(batch)
+        if batch < 1:
+            raise ValueError(f"option batch={batch}: must be >= 1")
+        name = type(prepared).__name__
+        try:
+            with _quiet():
+                ep = torch.export.export(prepared, _batch_of(example_inputs, batch))
+        except Exception as e:
+            raise _conversion_error(e, "capture", precision.name, name) from e
+        try:
+            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+            from executorch.backends.xnnpack.utils.configs import (
+                get_xnnpack_edge_compile_config, get_xnnpack_executorch_backend_config)
+            from executorch.exir import to_edge_transform_and_lower
+
+            with _quiet():
+                edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
+                                                   compile_config=get_xnnpack_edge_compile_config())
+                program = edge.to_executorch(get_xnnpack_executorch_backend_config())
+        except Exception as e:
+            raise _conversion_error(e, "lower", precision.name, name) from e
+        Path(out).write_bytes(program.buffer)  # `out` is a temp path; the core renames it into place atomically
+        return Path(out)
+
+    # -- runtime ---------------------------------------------------------------------------------------------
+    def set_threads(self, n: int) -> None:
+        """ExecuTorch's thread pool is process-wide and resizing it after a program was loaded crashed the
+        process here, so the count is applied once, before the first load."""
+        global _THREADS
+        n = int(n)
+        if _LOADED and n != _THREADS:
+            raise RuntimeError(
+                f"executorch: cannot change the thread count to {n} after a program was loaded in this process "
+                f"(resizing ExecuTorch's thread pool after a load crashed the process). Measure each thread count "
+                f"in its own process.")
+        _THREADS = n
+
+    def load(self, path: Path) -> EtRunner:
+        global _LOADED
+        rt = runtime()
+        with _quiet_native():
+            if _THREADS is not None and not _LOADED:
+                from executorch.extension.pybindings import portable_lib
+
+                portable_lib._unsafe_reset_threadpool(_THREADS)
+            method = rt.load_program(Path(path)).load_method("forward")
+        _LOADED = True
+        meta = method.metadata.input_tensor_meta(0)
+        shape = tuple(int(s) for s in meta.sizes())
+        return EtRunner(method, shape[0], shape)
+
+    def run(self, runner: EtRunner, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = np.ascontiguousarray(x, dtype=np.float32)  # (N, ...)
+        b = runner.batch
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i:i + b]
+            n = len(chunk)
+            if n < b:  # pad to the program's static batch with copies of the last sample
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
+            y = runner.method.execute((torch.from_numpy(chunk),))[0]  # (b, C)
+            outs.append(np.array(y.detach().numpy()[:n], dtype=np.float32))  # copy: the runtime reuses buffers
+        return np.concatenate(outs)
+
+    # -- inspection ------------------------------------------------------------------------------------------
+    def inspect(self, path: Path) -> dict:
+        return inspect_pte(Path(path).read_bytes())
+
+    def runtime_memory(self, path: Path) -> dict:
+        plan = _program(Path(path).read_bytes()).execution_plan[0]
+        sizes = [int(s) for s in plan.non_const_buffer_sizes]
+        return {
+            "planned_bytes": int(sum(sizes[1:])),  # buffer 0 is reserved by the memory planner
+            "non_const_buffer_sizes": sizes,
+            "excludes": "XNNPACK's own workspace and packed weights (allocated by the delegate at load)",
+        }
+
+
+# --- .pte reading -------------------------------------------------------------------------------------------
+def _program(data: bytes):
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    with _quiet():
+        return deserialize_pte_binary(data).program
+
+
+def _scalar_type_name(v) -> str:
+    from executorch.exir.scalar_type import ScalarType
+
+    try:
+        return ScalarType(int(v)).name.lower()
+    except (ValueError, TypeError):
+        return str(v)
+
+
+_ELEM_BYTES = {"float": 4, "double": 8, "half": 2, "bfloat16": 2, "char": 1, "byte": 1, "short": 2, "int": 4,
+               "long": 8, "bool": 1}
+
+
+def xnnpack_graph(payload: bytes) -> dict:
+    """Decode one XNNPACK delegate payload (XNNHeader + flatbuffer) into the XNNGraph as a dict, via the flatc
+    that ships with ExecuTorch and the delegate's own schema."""
+    from executorch.backends.xnnpack import serialization
+    from executorch.backends.xnnpack.serialization.xnnpack_graph_serialize import XNNHeader
+    from executorch.exir._serialize._flatbuffer import _flatc_decompile
+
+    header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
+    flat = payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size]
+    with tempfile.TemporaryDirectory(prefix="ondevice-xnn-") as td:
+        schema = Path(td) / "schema.fbs"
+        schema.write_bytes(importlib.resources.files(serialization).joinpath("schema.fbs").read_bytes())
+        (Path(td) / "graph.bin").write_bytes(flat)
+        _flatc_decompile(td, str(schema), str(Path(td) / "graph.bin"))
+        text = (Path(td) / "graph.json").read_text()
+    # flatc writes non-finite floats (clamp bounds) as bare inf / nan, which JSON does not have
+    text = re.sub(r"(?<=[:\s\[,])(-?)inf\b", r"\1Infinity", text)
+    text = re.sub(r"(?<=[:\s\[,])-?nan\b", "NaN", text)
+    return json.loads(text)
+
+
+def inspect_pte(data: bytes) -> dict:
+    """Op counts (delegated XNNPACK nodes and non-delegated kernels), weight dtypes and I/O of a .pte."""
+    from executorch.exir.schema import DelegateCall, KernelCall, Tensor
+
+    prog = _program(data)
+    plan = prog.execution_plan[0]
+    non_delegated: Counter[str] = Counter()
+    delegate_calls: Counter[int] = Counter()
+    for chain in plan.chains:
+        for ins in chain.instructions:
+            a = ins.instr_args
+            if isinstance(a, KernelCall):
+                op = plan.operators[a.op_index]
+                non_delegated[op.name + (f".{op.overload}" if op.overload and op.overload != "default" else "")] += 1
+            elif isinstance(a, DelegateCall):
+                delegate_calls[a.delegate_index] += 1
+
+    delegated: Counter[str] = Counter()
+    w_count: Counter[str] = Counter()
+    w_bytes: Counter[str] = Counter()
+    delegates = []
+    graph_error = None
+    for i, d in enumerate(plan.delegates):
+        entry = {"backend": d.id, "calls": int(delegate_calls[i])}
+        if "xnnpack" in d.id.lower() and d.processed.location.name == "INLINE":
+            try:
+                g = xnnpack_graph(prog.backend_delegate_data[d.processed.index].data)
+                nodes = Counter(n["xnode_union_type"] for n in g.get("xnodes", []))
+                entry["ops"] = dict(sorted(nodes.items()))
+                delegated.update(nodes)
+                consts = g.get("constant_data") or []
+                for v in g.get("xvalues", []):
+                    u = v["xvalue_union"]
+                    t = u.get("tensor_value", u)
+                    idx = int(t.get("constant_buffer_idx") or 0)
+                    if idx:
+                        dt = str(t.get("datatype", "?")).replace("xnn_datatype_", "")
+                        w_count[dt] += 1
+                        w_bytes[dt] += int(consts[idx]["size"]) if idx < len(consts) else 0
+            except Exception as e:  # noqa: BLE001 - the op table degrades to delegate calls, and says why
+                graph_error = f"{type(e).__name__}: {e}"
+                delegated[f"{d.id}(undecoded)"] += int(delegate_calls[i])
+        else:
+            delegated[f"{d.id}"] += int(delegate_calls[i])
+        delegates.append(entry)
+
+    def io(indices) -> list[dict]:
+        out = []
+        for k, idx in enumerate(indices):
+            v = plan.values[idx].val
+            if isinstance(v, Tensor):
+                out.append({"name": f"{'input' if indices is plan.inputs else 'output'}_{k}",
+                            "shape": [int(s) for s in v.sizes], "dtype": _scalar_type_name(v.scalar_type)})
+        return out
+
+    for v in plan.values:  # constants kept outside the delegate (used by non-delegated kernels)
+        t = v.val
+        if isinstance(t, Tensor) and t.data_buffer_idx and t.data_buffer_idx > 0:
+            dt = _scalar_type_name(t.scalar_type)
+            w_count[dt] += 1
+            w_bytes[dt] += math.prod(t.sizes) * _ELEM_BYTES.get(dt, 0)
+
+    ops = dict(sorted((delegated + non_delegated).items()))
+    n_del, n_non = int(sum(delegated.values())), int(sum(non_delegated.values()))
+    out = {
+        "format": "pte",
+        "ops": ops,
+        "num_ops": n_del + n_non,
+        "delegated_ops": dict(sorted(delegated.items())),
+        "non_delegated_ops": dict(sorted(non_delegated.items())),
+        "num_delegated_ops": n_del,
+        "num_non_delegated_ops": n_non,
+        "delegates": delegates,
+        "weight_dtypes": dict(w_count),
+        "weight_bytes": dict(w_bytes),
+        "inputs": io(plan.inputs),
+        "outputs": io(plan.outputs),
+    }
+    if graph_error:
+        out["delegate_graph_error"] = graph_error
+    return out
