@@ -80,7 +80,9 @@ def _print_distill_summary(r: dict, out: Path) -> None:
         rows.append(("student (hard labels)", r["baseline"]))
     for role, b in rows:
         t.add_row(b["model"], role, f"{b['params']:,}", f"{b['test_acc']:.4f}", str(b["test_errors"]))
-    con = Console(stderr=False)
+    from .pipeline import console
+
+    con = console()
     con.print(t)
     if r.get("gap_closed") is not None:
         con.print(f"distillation removed {r['distillation_gain_errors']} errors vs hard labels; closed "
@@ -190,7 +192,9 @@ def _print_export_table(arts, out: Path) -> None:
                   f"{v['sqnr_db']:.1f}" if "sqnr_db" in v else "-",
                   f"{v['top1_agreement']:.4f}" if "top1_agreement" in v else "-",
                   f"{v['accuracy']:.4f}" if v.get("accuracy") is not None else "-", str(rt))
-    Console().print(t)
+    from .pipeline import console
+
+    console().print(t)
     print(f"artifacts and exports.json in {out}")
 
 
@@ -242,15 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     _add_distill(sub)
     _add_export(sub)
-    for mod in ("bench", "pipeline", "gates"):
-        try:
-            m = __import__(f"ondevice.{mod}.cli" if mod == "bench" else f"ondevice.{mod}", fromlist=["add_parser"])
-        except ImportError as e:  # a subcommand module not present yet must not break the others
-            if f"ondevice.{mod}" not in str(e):
-                raise
-            continue
-        if hasattr(m, "add_parser"):
-            m.add_parser(sub)
+    from . import gates, pipeline
+    from .bench import cli as bench_cli
+
+    bench_cli.add_parser(sub)
+    pipeline.add_parser(sub)
+    gates.add_parser(sub)
     _add_fetch(sub)
     _add_targets(sub)
     return p

@@ -394,7 +394,7 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
                 problems.append((f"export.targets[{i}].options.{k}",
                                  f"unknown option for {t.target!r}; its options: {', '.join(spec.options) or '(none)'}"))
     try:
-        from .bench.energy import load_profile
+        from .bench.profiles import load_profile
     except ImportError:  # pragma: no cover - the bench package is part of ondevice
         load_profile = None
     if load_profile is not None:

@@ -223,7 +223,7 @@ def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, co
     # --- accuracy: one pass over the test set per item ---------------------------------------------------------
     outputs: dict[int, np.ndarray] = {}
     acc_errors: dict[int, dict] = {}
-    if config.accuracy:
+    if config.accuracy and not ds.synthetic:  # synthetic inputs have no labels and no meaningful outputs
         for i, it in enumerate(items):
             cands = [v for v in live() if v.idx == i]
             if not cands:
@@ -414,7 +414,7 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, info
         "machine": {**machine_before, "loadavg_before": machine_before.get("loadavg"),
                     "loadavg_after": machine_after.get("loadavg")},
         "data": {"source": ds.source, "synthetic": ds.synthetic, "labels": eval_y is not None,
-                 "latency_samples": int(n_lat), "accuracy_samples": int(n_eval) if config.accuracy else 0,
+                 "latency_samples": int(n_lat), "accuracy_samples": int(n_eval) if config.accuracy and not ds.synthetic else 0,
                  "sample_shape": list(ds.x.shape[1:])},
         "profiles": [p.to_dict() for p in profiles],
         "reference": ref_label,

@@ -1,0 +1,278 @@
+"""CI gates: thresholds on a report that fail a build, with JUnit XML and a Markdown summary.
+
+    ondevice gate REPORT [--gates FILE] [--baseline FILE] [--junit FILE] [--summary FILE]
+
+exit 0 when every gate passes, 1 when a gate fails, 2 on a usage or input error. Each failure names the metric, the
+artifact, the threshold and the value, and says whether the value was measured or estimated.
+
+REPORT is the `pipeline.json` written by `ondevice run` (or a `report.json` written by `ondevice bench`). Thresholds
+come from `--gates` (a TOML/YAML file with the keys of a recipe's [gates] section, at top level or under [gates]) or
+else from the recipe embedded in the report.
+"""
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import GatesSpec, format_validation_error
+from .errors import ConfigError
+from .io import atomic_write_text, read_json
+
+
+@dataclass
+class GateResult:
+    gate: str  # e.g. "max_size_bytes"
+    artifact: str  # "target/precision" or "*" for run-wide gates
+    metric: str
+    threshold: Any
+    value: Any
+    passed: bool
+    label: str  # "measured on ..." / "estimated (profile ...)" / "recorded"
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --- rows: one flat record per artifact ------------------------------------------------------------------------
+def artifact_rows(report: dict) -> tuple[list[dict], dict]:
+    """(rows, context) from a pipeline report (key "artifacts") or a bench report (key "items")."""
+    if "artifacts" in report:
+        return report["artifacts"], report.get("context", {})
+    if "items" in report:
+        from .summary import rows_from_bench_report
+
+        return rows_from_bench_report(report)
+    raise ConfigError("the report has neither 'artifacts' (ondevice run's pipeline.json) nor 'items' (ondevice bench's "
+                      "report.json); pass one of those files")
+
+
+def _name(row: dict) -> str:
+    return f"{row.get('target')}/{row.get('precision')}"
+
+
+# --- checks ------------------------------------------------------------------------------------------------------
+def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) -> list[GateResult]:
+    rows, ctx = artifact_rows(report)
+    machine = ctx.get("measured_on", "this host")
+    out: list[GateResult] = []
+
+    def add(gate, row, metric, threshold, value, ok, label, why=""):
+        name = _name(row) if row is not None else "*"
+        msg = "" if ok else (f"{gate}: {name} {metric} = {_fmt(value)} ({label}) violates threshold {_fmt(threshold)}"
+                             + (f"; {why}" if why else ""))
+        out.append(GateResult(gate, name, metric, threshold, value, bool(ok), label, msg))
+
+    for row in rows:
+        ok_status = row.get("status") == "verified"
+        if gates.require_all_targets:
+            add("require_all_targets", row, "status", "verified", row.get("status"), ok_status, "recorded",
+                (row.get("error") or "").splitlines()[0][:300] if not ok_status else "")
+        if not ok_status:
+            continue
+        if gates.max_size_bytes is not None:
+            add("max_size_bytes", row, "size_bytes", gates.max_size_bytes, row.get("size_bytes"),
+                row.get("size_bytes") is not None and row["size_bytes"] <= gates.max_size_bytes, "measured (file size)")
+        if gates.min_accuracy is not None:
+            v = row.get("accuracy")
+            add("min_accuracy", row, "accuracy", gates.min_accuracy, v, v is not None and v >= gates.min_accuracy,
+                f"measured on {row.get('accuracy_n', '?')} test samples")
+        if gates.min_retention is not None:
+            v = row.get("retention")
+            add("min_retention", row, "retention", gates.min_retention, v, v is not None and v >= gates.min_retention,
+                "measured (accuracy / teacher accuracy)")
+        if gates.min_sqnr_db is not None:
+            v = row.get("sqnr_db")
+            add("min_sqnr_db", row, "sqnr_db", gates.min_sqnr_db, v, v is not None and float(v) >= gates.min_sqnr_db,
+                "measured vs the PyTorch student")
+        if gates.max_p90_ms is not None:
+            v = row.get("p90_ms")
+            if v is None:
+                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, None, True, "not measurable here",
+                    row.get("latency_note", ""))
+            else:
+                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, v, v <= gates.max_p90_ms, f"measured on {machine}")
+        est = (row.get("estimates") or {}).get(gates.profile or "", None)
+        needs_profile = (gates.max_estimated_p90_ms, gates.max_energy_mj, gates.power_budget or None)
+        if any(x is not None for x in needs_profile):
+            if est is None:
+                add("profile", row, "estimates", gates.profile, None, False, "estimated",
+                    f"no estimate for profile {gates.profile!r} in the report; add it to bench.profiles")
+                continue
+            lab = f"estimated (profile {gates.profile})"
+            if gates.max_estimated_p90_ms is not None:
+                add("max_estimated_p90_ms", row, "estimated_latency_ms", gates.max_estimated_p90_ms,
+                    est.get("latency_ms"), est.get("latency_ms") is not None
+                    and est["latency_ms"] <= gates.max_estimated_p90_ms, lab)
+            if gates.max_energy_mj is not None:
+                add("max_energy_mj", row, "estimated_energy_mj", gates.max_energy_mj, est.get("energy_mj"),
+                    est.get("energy_mj") is not None and est["energy_mj"] <= gates.max_energy_mj, lab)
+            if gates.power_budget:
+                add("power_budget", row, "fits_profile_budgets", True, est.get("passes"), bool(est.get("passes")), lab,
+                    est.get("why", ""))
+    if baseline is not None:
+        out += check_regression(rows, artifact_rows(baseline)[0], gates.regression_tolerance)
+    return out
+
+
+# metric -> (direction, label): "up" means larger is worse
+REGRESSION_METRICS = {
+    "size_bytes": ("up", "measured (file size)"),
+    "accuracy": ("down", "measured on the test set"),
+    "sqnr_db": ("down", "measured vs the PyTorch student"),
+}
+
+
+def check_regression(rows: list[dict], base_rows: list[dict], tol: float) -> list[GateResult]:
+    """Each artifact present in the baseline may not be worse than it by more than `tol` (relative); an artifact
+    that was verified in the baseline and is not now is a regression. Measured latency is not compared: on shared
+    machines it is noise; gate it with max_p90_ms on a dedicated runner instead."""
+    base = {_name(r): r for r in base_rows}
+    out: list[GateResult] = []
+    for row in rows:
+        b = base.get(_name(row))
+        if b is None or b.get("status") != "verified":
+            continue
+        if row.get("status") != "verified":
+            out.append(GateResult("regression", _name(row), "status", "verified", row.get("status"), False, "recorded",
+                                  f"regression: {_name(row)} was verified in the baseline and is {row.get('status')} now"))
+            continue
+        for metric, (direction, label) in REGRESSION_METRICS.items():
+            new, old = row.get(metric), b.get(metric)
+            if new is None or old is None:
+                continue
+            new, old = float(new), float(old)
+            if direction == "up":
+                limit = old * (1 + tol)
+                ok = new <= limit
+            else:
+                limit = old - abs(old) * tol
+                ok = new >= limit
+            msg = "" if ok else (f"regression: {_name(row)} {metric} = {_fmt(new)} ({label}) vs baseline {_fmt(old)}; "
+                                 f"allowed {'<=' if direction == 'up' else '>='} {_fmt(limit)} "
+                                 f"(tolerance {tol:.0%})")
+            out.append(GateResult(f"regression_{metric}", _name(row), metric, limit, new, ok, label, msg))
+    return out
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
+
+
+# --- outputs -------------------------------------------------------------------------------------------------------
+def junit_xml(results: list[GateResult], suite: str = "ondevice-gates") -> str:
+    failures = sum(not r.passed for r in results)
+    ts = ET.Element("testsuite", name=suite, tests=str(len(results)), failures=str(failures), errors="0", skipped="0")
+    for r in results:
+        tc = ET.SubElement(ts, "testcase", classname=f"{suite}.{r.gate}", name=f"{r.gate}[{r.artifact}]")
+        ET.SubElement(tc, "system-out").text = f"{r.metric} = {_fmt(r.value)} ({r.label}); threshold {_fmt(r.threshold)}"
+        if not r.passed:
+            f = ET.SubElement(tc, "failure", message=r.message, type="GateFailed")
+            f.text = r.message
+    root = ET.Element("testsuites", tests=str(len(results)), failures=str(failures))
+    root.append(ts)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def markdown_summary(results: list[GateResult]) -> str:
+    failed = [r for r in results if not r.passed]
+    head = (f"## ondevice gates: {'PASSED' if not failed else 'FAILED'} "
+            f"({len(results) - len(failed)}/{len(results)} passed)\n\n")
+    lines = ["| | gate | artifact | metric | value | threshold | how |", "|---|---|---|---|---|---|---|"]
+    for r in sorted(results, key=lambda r: (r.passed, r.gate, r.artifact)):
+        lines.append(f"| {'✅' if r.passed else '❌'} | {r.gate} | {r.artifact} | {r.metric} | {_fmt(r.value)} | "
+                     f"{_fmt(r.threshold)} | {r.label} |")
+    body = "\n".join(lines) + "\n"
+    if failed:
+        body += "\n### Failures\n\n" + "\n".join(f"- {r.message}" for r in failed) + "\n"
+    return head + body
+
+
+def load_gates_file(path: str | os.PathLike) -> GatesSpec:
+    from pydantic import ValidationError
+
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"gates file {str(p)!r} does not exist")
+    if p.suffix == ".toml":
+        import tomllib
+
+        data = tomllib.loads(p.read_text())
+    elif p.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(p.read_text()) or {}
+    else:
+        raise ConfigError(f"{p}: expected a .toml, .yaml or .yml gates file, got {p.suffix or 'no suffix'!r}")
+    if isinstance(data, dict) and "gates" in data:
+        data = data["gates"]
+    try:
+        return GatesSpec.model_validate(data)
+    except ValidationError as e:
+        err = format_validation_error(e, GatesSpec, str(p))
+        raise ConfigError(str(err).replace("invalid recipe", "invalid gates file"), err.problems) from None
+
+
+def run_gates(report_path: str | os.PathLike, *, gates: GatesSpec | None = None,
+              baseline_path: str | os.PathLike | None = None, junit: str | os.PathLike | None = None,
+              summary: str | os.PathLike | None = None) -> tuple[list[GateResult], str]:
+    """Evaluate, write JUnit + Markdown (and append to $GITHUB_STEP_SUMMARY when set); returns (results, markdown)."""
+    rp = Path(report_path)
+    if not rp.exists():
+        raise ConfigError(f"report {str(rp)!r} does not exist; run `ondevice run RECIPE` (pipeline.json) or "
+                          f"`ondevice bench` (report.json) first")
+    try:
+        report = read_json(rp)
+    except ValueError as e:
+        raise ConfigError(f"report {rp} is not valid JSON: {e}") from None
+    if gates is None:
+        embedded = (report.get("recipe") or {}).get("gates")
+        if embedded is None:
+            raise ConfigError(f"{rp} carries no gates; pass --gates FILE")
+        gates = GatesSpec.model_validate(embedded)
+    base_path = baseline_path or gates.baseline
+    baseline = None
+    if base_path:
+        if not Path(base_path).exists():
+            raise ConfigError(f"baseline report {str(base_path)!r} does not exist")
+        baseline = read_json(base_path)
+    results = check_gates(report, gates, baseline)
+    md = markdown_summary(results)
+    out_dir = rp.parent
+    atomic_write_text(junit or out_dir / "gates.junit.xml", junit_xml(results))
+    atomic_write_text(summary or out_dir / "gates.md", md)
+    gh = os.environ.get("GITHUB_STEP_SUMMARY")
+    if gh:
+        with open(gh, "a", encoding="utf-8") as f:
+            f.write(md + "\n")
+    return results, md
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+def add_parser(sub) -> None:
+    p = sub.add_parser("gate", help="check a report against size/accuracy/latency/energy gates (exit 1 on failure)",
+                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("report", help="pipeline.json from `ondevice run` or report.json from `ondevice bench`")
+    p.add_argument("--gates", help="TOML/YAML file of thresholds (default: the gates of the recipe in the report)")
+    p.add_argument("--baseline", help="a committed earlier report; artifacts may not regress beyond the tolerance")
+    p.add_argument("--junit", help="JUnit XML output (default: gates.junit.xml beside the report)")
+    p.add_argument("--summary", help="Markdown summary output (default: gates.md beside the report)")
+    p.set_defaults(func=_cmd_gate)
+
+
+def _cmd_gate(a) -> int:
+    gates = load_gates_file(a.gates) if a.gates else None
+    results, md = run_gates(a.report, gates=gates, baseline_path=a.baseline, junit=a.junit, summary=a.summary)
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        print(f"GATE FAILED {r.message}")
+    print(f"{len(results) - len(failed)}/{len(results)} gates passed")
+    return 1 if failed else 0

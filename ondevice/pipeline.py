@@ -1,0 +1,345 @@
+"""`ondevice run RECIPE`: distill -> export -> verify -> benchmark -> report -> gates, in one command.
+
+Each stage's result is cached under `<output_dir>/pipeline/state.json` by a hash of its inputs, so re-running after a
+change redoes only what changed (a new precision exports one artifact; a new gate re-checks only), and an interrupted
+run resumes: distillation from its last checkpoint, export from the first artifact not yet written. One target failing
+is recorded with its error and the others continue.
+
+Outputs in output_dir: the distillation outputs (student.pt, results.json, ...), artifacts/<target>/..., report/
+(report.json, report.md, report.html from the bench harness), pipeline.json (one row per artifact + stage record) and
+gates/ (junit.xml, summary.md).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from .config import Recipe, check_references, load_recipe
+from .io import atomic_write_json, atomic_write_text, library_versions, read_json, sha256_file
+from .progress import status
+
+PIPELINE_SCHEMA = 1
+
+
+def _h(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageState:
+    """The per-stage cache record, written atomically after every stage and every export job."""
+
+    def __init__(self, path: Path, fresh: bool = False):
+        self.path = path
+        self.data: dict[str, dict] = {} if fresh or not path.exists() else read_json(path).get("stages", {})
+
+    def hit(self, name: str, key: str) -> dict | None:
+        rec = self.data.get(name)
+        return rec if rec and rec.get("key") == key and rec.get("status") == "done" else None
+
+    def done(self, name: str, key: str, **extra: Any) -> None:
+        self.data[name] = {"key": key, "status": "done", **extra}
+        atomic_write_json(self.path, {"schema_version": PIPELINE_SCHEMA, "stages": self.data})
+
+
+class Board:
+    """Live stage display: a rich table on a terminal, one line per event elsewhere."""
+
+    def __init__(self, stages: list[str]):
+        self.rows = {s: ["pending", "", ""] for s in stages}
+        self._live = None
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            self._live = Live(self._table(), console=Console(stderr=True), refresh_per_second=4, transient=False)
+            self._live.__enter__()
+
+    def _table(self):
+        from rich.table import Table
+
+        t = Table(title="ondevice run", show_lines=False)
+        for c in ("stage", "state", "seconds", "note"):
+            t.add_column(c)
+        colours = {"running": "yellow", "done": "green", "cached": "cyan", "failed": "red", "pending": "dim"}
+        for s, (st, sec, note) in self.rows.items():
+            t.add_row(s, f"[{colours.get(st, 'white')}]{st}[/]", sec, note)
+        return t
+
+    def set(self, stage: str, state: str, seconds: float | None = None, note: str = "") -> None:
+        self.rows.setdefault(stage, ["pending", "", ""])
+        self.rows[stage] = [state, "" if seconds is None else f"{seconds:.1f}", note]
+        if self._live is not None:
+            self._live.update(self._table())
+        elif state != "running":
+            status(f"[run] {stage}: {state}{'' if seconds is None else f' ({seconds:.1f}s)'}{' - ' + note if note else ''}")
+
+    def close(self) -> None:
+        if self._live is not None:
+            self._live.__exit__(None, None, None)
+
+
+@contextmanager
+def _stage(board: Board, name: str) -> Iterator[dict]:
+    info: dict[str, Any] = {"state": "done", "note": ""}
+    board.set(name, "running")
+    t0 = time.perf_counter()
+    try:
+        yield info
+    except BaseException as e:
+        board.set(name, "failed", time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+        raise
+    info["seconds"] = time.perf_counter() - t0
+    board.set(name, info["state"], info["seconds"], info["note"])
+
+
+@dataclass
+class PipelineResult:
+    output_dir: Path
+    report: dict
+    gates: list = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+
+def _teacher_ref(recipe: Recipe, out: Path):
+    from .bench import TorchModelRef
+
+    t = recipe.teacher
+    weights = str(out / "teacher.pt") if t.train is not None else t.weights
+    kwargs = dict(t.kwargs)
+    if t.train is not None:
+        kwargs.pop("pretrained", None)
+    return TorchModelRef("teacher", t.model, weights=weights, kwargs=kwargs)
+
+
+def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fresh: bool = False,
+        bench: bool | None = None) -> PipelineResult:
+    """Run every stage the recipe asks for; see the module docstring. `bench=False` skips benchmarking."""
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    check_references(recipe)
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = StageState(out / "pipeline" / "state.json", fresh=fresh)
+    do_bench = recipe.bench.enabled if bench is None else bench
+    jobs = [(t.target, p, t.options) for t in recipe.export.targets for p in t.precisions]
+    board = Board(["distill", *(f"export {t}/{p}" for t, p, _ in jobs), "bench", "report", "gates"])
+    stages: dict[str, dict] = {}
+    t_start = time.perf_counter()
+    try:
+        # -- distill ------------------------------------------------------------------------------------------
+        key = _h(recipe.section_hash("teacher", "student", "data", "train", "distill", "seed"),
+                 sha256_file(recipe.teacher.weights) if recipe.teacher.weights else None)
+        with _stage(board, "distill") as info:
+            if state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists():
+                info.update(state="cached", note="student.pt reused")
+            else:
+                from .distill import distill
+
+                distill(recipe, fresh=fresh)
+                state.done("distill", key)
+            results = read_json(out / "results.json")
+            if "baseline" in results:
+                info["note"] = (info["note"] + "; " if info["note"] else "") + (
+                    f"student {results['student']['test_errors']} errors vs hard-label "
+                    f"{results['baseline']['test_errors']}, teacher {results['teacher']['test_errors']}")
+        stages["distill"] = {"state": info["state"], "seconds": info.get("seconds")}
+
+        # -- export + verify --------------------------------------------------------------------------------------
+        exports: list[dict] = []
+        if jobs:
+            from .data import load_dataset
+            from .distill import load_student
+            from .export import export_many
+
+            d = recipe.data
+            splits = None
+            student = None
+            student_sha = sha256_file(out / "student.pt")
+            ex = recipe.export
+            for target, precision, options in jobs:
+                name = f"export {target}/{precision}"
+                jkey = _h(student_sha, target, precision, options, ex.calibration_samples, ex.verify_samples,
+                          ex.thresholds.get(precision), recipe.section_hash("data", "seed", "student"),
+                          library_versions())
+                with _stage(board, name) as info:
+                    rec = state.hit(name, jkey)
+                    if rec and Path(rec["record"]).exists():
+                        art = read_json(rec["record"])
+                        info["state"] = "cached"
+                    else:
+                        if splits is None:
+                            splits = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
+                                                  limit_train=d.limit_train, limit_val=d.limit_val,
+                                                  limit_test=d.limit_test)
+                            student = load_student(out)
+                        calib = splits.train.x[: ex.calibration_samples].numpy()
+                        verify = (splits.test.x[: ex.verify_samples].numpy(), splits.test.y[: ex.verify_samples].numpy())
+                        a = export_many(student, [(target, [precision], options)], out_dir=out / "artifacts",
+                                        calibration=calib, verify_data=verify, stem="student",
+                                        thresholds=ex.thresholds)[0]
+                        art = a.to_dict()
+                        if a.status in ("verified", "failed"):  # a deterministic outcome is worth caching
+                            state.done(name, jkey, record=str(a.record_path()))
+                    info["state"] = info["state"] if art["status"] == "verified" else art["status"]
+                    v = art.get("verification") or {}
+                    info["note"] = (f"{art.get('size_bytes') or 0:,} B, SQNR {v.get('sqnr_db', float('nan')):.1f} dB"
+                                    if art["status"] == "verified" else (art.get("error") or "").splitlines()[0][:100])
+                exports.append(art)
+                stages[name] = {"state": info["state"], "seconds": info.get("seconds")}
+
+        # -- bench + report ------------------------------------------------------------------------------------------
+        report_dir = out / "report"
+        bench_report = None
+        ok_paths = [a["path"] for a in exports if a["status"] == "verified"]
+        if do_bench:
+            from .bench import BenchConfig, TorchModelRef
+            from .bench import bench as run_bench
+
+            b = recipe.bench
+            bkey = _h(sorted((p, sha256_file(p + ".json")) for p in ok_paths), b.model_dump(mode="json"),
+                      sha256_file(out / "student.pt"), recipe.section_hash("teacher", "data", "seed"))
+            with _stage(board, "bench") as info:
+                if state.hit("bench", bkey) and (report_dir / "report.json").exists():
+                    bench_report = read_json(report_dir / "report.json")
+                    info["state"] = "cached"
+                else:
+                    from .data import load_dataset
+
+                    d = recipe.data
+                    sp = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
+                                      limit_test=b.accuracy_samples or d.limit_test)
+                    s = recipe.student
+                    bench_report = run_bench(
+                        ok_paths, data=(sp.test.x.numpy(), sp.test.y.numpy()), teacher=_teacher_ref(recipe, out),
+                        student=TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs),
+                        config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
+                                           profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),
+                        out_dir=report_dir)
+                    state.done("bench", bkey)
+                info["note"] = f"{len(ok_paths)} artifacts + teacher + student, {b.mode} mode"
+            stages["bench"] = {"state": info["state"], "seconds": info.get("seconds")}
+
+        # -- pipeline report ----------------------------------------------------------------------------------------
+        from .summary import merge_rows, model_rows
+
+        with _stage(board, "report") as info:
+            threads = recipe.bench.threads[0]
+            report = {
+                "schema_version": PIPELINE_SCHEMA,
+                "kind": "ondevice.pipeline",
+                "recipe": recipe.to_dict(),
+                "context": {"measured_on": (bench_report or {}).get("measured_on")
+                            or f"measured on {results['measured_on']['cpu_model']}"},
+                "distill": results,
+                "models": model_rows(bench_report, threads),
+                "artifacts": merge_rows(exports, bench_report, threads),
+                "bench_report": str(report_dir / "report.json") if bench_report else None,
+                "stages": stages,
+                "seconds": time.perf_counter() - t_start,
+            }
+            atomic_write_json(out / "pipeline.json", report)
+            info["note"] = str(out / "pipeline.json")
+
+        # -- gates --------------------------------------------------------------------------------------------------
+        from .gates import check_gates, junit_xml, markdown_summary
+
+        with _stage(board, "gates") as info:
+            baseline = read_json(recipe.gates.baseline) if recipe.gates.baseline else None
+            gates = check_gates(report, recipe.gates, baseline)
+            md = markdown_summary(gates)
+            atomic_write_text(out / "gates" / "junit.xml", junit_xml(gates))
+            atomic_write_text(out / "gates" / "summary.md", md)
+            import os
+
+            if os.environ.get("GITHUB_STEP_SUMMARY"):
+                with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                    f.write(md + "\n")
+            failed = [g for g in gates if not g.passed]
+            info["state"] = "done" if not failed else "failed"
+            info["note"] = f"{len(gates) - len(failed)}/{len(gates)} passed"
+        report["gates"] = [g.to_dict() for g in gates]
+        atomic_write_json(out / "pipeline.json", report)
+    finally:
+        board.close()
+    return PipelineResult(out, report, gates)
+
+
+def console():
+    """stdout console; wide enough for the summary tables when stdout is a file or a CI log."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def print_summary(res: PipelineResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    r = res.report
+    d = r["distill"]
+    con = console()
+    con.print(f"[bold]teacher[/] {d['teacher']['model']} {d['teacher']['params']:,} params, test acc "
+              f"{d['teacher']['test_acc']:.4f}; [bold]student[/] {d['student']['model']} {d['student']['params']:,} "
+              f"params, test acc {d['student']['test_acc']:.4f}"
+              + (f" (hard labels only: {d['baseline']['test_acc']:.4f})" if "baseline" in d else "")
+              + f"  [dim]{r['context']['measured_on']}[/]")
+    gate_fail = {}
+    for g in r.get("gates", []):
+        if not g["passed"]:
+            gate_fail.setdefault(g["artifact"], []).append(g["gate"])
+    prof = r["recipe"]["gates"].get("profile") or (r["recipe"]["bench"]["profiles"] or [None])[0]
+    t = Table(title="artifacts: measured here unless marked est. (estimated on device profile "
+                    f"{prof})")
+    for c in ("target", "precision", "status", "size", "SQNR dB", "acc", "retention", "p50 ms", "p90 ms",
+              f"est. ms", "est. mJ", "gates"):
+        t.add_column(c)
+
+    def f(v, fmt):
+        return "-" if v is None else format(float(v), fmt)
+
+    for a in r["artifacts"]:
+        e = (a.get("estimates") or {}).get(prof) or {}
+        name = f"{a['target']}/{a['precision']}"
+        t.add_row(a["target"], a["precision"], a["status"], f"{a['size_bytes']:,}" if a.get("size_bytes") else "-",
+                  f(a.get("sqnr_db"), ".1f"), f(a.get("accuracy"), ".4f"), f(a.get("retention"), ".4f"),
+                  f(a.get("p50_ms"), ".3g") if a.get("latency_note") is None else "n/a",
+                  f(a.get("p90_ms"), ".3g") if a.get("latency_note") is None else "n/a",
+                  f(e.get("latency_ms"), ".3g"), f(e.get("energy_mj"), ".3g"),
+                  "[red]FAIL " + ",".join(gate_fail[name]) + "[/]" if name in gate_fail else "[green]pass[/]")
+    con.print(t)
+    gates = r.get("gates", [])
+    failed = [g for g in gates if not g["passed"]]
+    for g in failed:
+        con.print(f"[red]GATE FAILED[/] {g['message']}")
+    out = res.output_dir
+    con.print(f"gates: {len(gates) - len(failed)}/{len(gates)} passed ({out / 'gates' / 'junit.xml'})")
+    if r.get("bench_report"):
+        con.print(f"report: {out / 'report' / 'report.html'} (also report.md, report.json); summary: {out / 'pipeline.json'}")
+
+
+def add_parser(sub) -> None:
+    import argparse
+
+    p = sub.add_parser("run", help="distill -> export -> verify -> bench -> report -> gates, cached by stage",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="recipe file (.toml, .yaml or .yml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--fresh", action="store_true", help="ignore every cached stage and checkpoint")
+    p.add_argument("--no-bench", action="store_true", help="skip the benchmark stage")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(a) -> int:
+    res = run(a.recipe, overrides=a.overrides, fresh=a.fresh, bench=False if a.no_bench else None)
+    print_summary(res)
+    return 0 if res.passed else 1
