@@ -62,6 +62,8 @@ def export_fields(art: dict) -> dict[str, Any]:
         "status": art.get("status"), "error": art.get("error"), "size_bytes": art.get("size_bytes"),
         "sqnr_db": v.get("sqnr_db"), "top1_agreement": v.get("top1_agreement"),
         "max_abs_err": v.get("max_abs_err"), "verify_accuracy": v.get("accuracy"), "verify_n": v.get("n"),
+        # until the bench measures it on the whole test set: accuracy on the held-out verification samples
+        "accuracy": v.get("accuracy"), "accuracy_n": v.get("n"),
     }
 
 
@@ -76,7 +78,10 @@ def merge_rows(exports: list[dict], bench_report: dict | None, threads: int | No
         row = export_fields(art)
         item = by_path.get(str(art.get("path")))
         if item is not None:
-            row.update(bench_fields(item, threads))
+            bf = bench_fields(item, threads)
+            if bf["accuracy"] is None:  # keep the verification accuracy rather than overwrite it with nothing
+                bf.pop("accuracy"), bf.pop("accuracy_n")
+            row.update(bf)
         rows.append(row)
     return rows
 

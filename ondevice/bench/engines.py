@@ -6,11 +6,13 @@ Both expose the same small interface so the harness treats every item alike:
     set_threads(n)        before load (ExecuTorch cannot change its thread pool after loading)
     load() -> runner
     run(runner, x)        float32 (N, ...) -> float32 (N, C); any N
+    bind(runner)          the callable the timing loop times (run without output conversion)
     info() -> dict        size_bytes, size_kind, inspect, runtime_memory
     latency_measurable, latency_reason
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -126,6 +128,16 @@ class TorchEngine:
             y = next(iter(y.values()))
         return y.detach().float().numpy()
 
+    def bind(self, runner):
+        """The callable the timing loop times: one inference-mode forward pass."""
+        import torch
+
+        def forward(x: np.ndarray):
+            with torch.inference_mode():
+                return runner(torch.from_numpy(x))
+
+        return forward
+
     def info(self) -> dict:
         model = self.model
         params = sum(p.numel() for p in model.parameters())
@@ -188,6 +200,10 @@ class ArtifactEngine:
 
     def run(self, runner, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.target.run(runner, x), dtype=np.float32)
+
+    def bind(self, runner):
+        """The callable the timing loop times: the target's own run on this runner, nothing around it."""
+        return functools.partial(self.target.run, runner)
 
     def info(self) -> dict:
         out: dict[str, Any] = {"size_bytes": int(self.target.size(self.path)), "size_kind": "artifact on disk"}

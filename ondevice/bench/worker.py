@@ -84,7 +84,7 @@ class _State:
         return self.engine.info()
 
     def _time(self, n: int) -> list[int]:
-        run, runner, batches = self.engine.run, self.runner, self.batches
+        fn, batches = self.engine.bind(self.runner), self.batches
         nb = len(batches)
         clock = time.perf_counter_ns
         out = [0] * n
@@ -92,7 +92,7 @@ class _State:
         for i in range(n):
             b = batches[(c + i) % nb]
             t0 = clock()
-            run(runner, b)
+            fn(b)
             out[i] = clock() - t0
         self.cursor = (c + n) % nb
         return out

@@ -55,11 +55,13 @@ class _OpFailure(Exception):
 class Args:
     """The values of one op's inputs: runtime values from the environment, constants from the program."""
 
-    __slots__ = ("op", "env", "_defaults")
+    __slots__ = ("op", "env", "inputs", "out_shape", "_defaults")
 
-    def __init__(self, op, env: dict[str, Any]):
+    def __init__(self, op, env: dict[str, Any], inputs: dict | None = None, out_shape: tuple | None = None):
         self.op = op
         self.env = env
+        self.inputs = op.inputs if inputs is None else inputs  # {name: Var | tuple[Var]}
+        self.out_shape = out_shape  # static declared shape of output 0, or None
         self._defaults = None
 
     def _var_value(self, var):
@@ -72,7 +74,7 @@ class Args:
 
     def __call__(self, name: str, default: Any = None) -> Any:
         """Raw value of input `name` (np.ndarray / scalar / str / tuple of those), its MIL default, or `default`."""
-        var = self.op.inputs.get(name)
+        var = self.inputs.get(name)
         if var is None:
             if self._defaults is None:
                 try:
@@ -537,12 +539,18 @@ def _conv(a: Args):
         slice(0, o) for o in out_sizes)]  # (N, C_in, *O, *K)
     n, c_in = x.shape[:2]
     c_out = w.shape[0]
-    o_axes = "".join("hwd"[i] for i in range(nd))
-    k_axes = "".join("ijk"[i] for i in range(nd))
-    win = win.reshape((n, groups, c_in // groups) + win.shape[2:])  # (N, G, C_in/G, *O, *K)
-    wg = w.reshape((groups, c_out // groups) + w.shape[1:])  # (G, C_out/G, C_in/G, *K)
-    y = np.einsum(f"ngc{o_axes}{k_axes},goc{k_axes}->ngo{o_axes}", win, wg, optimize=True)
-    y = y.reshape((n, c_out) + tuple(out_sizes))  # (N, C_out, *O)
+    n_out, n_k = int(np.prod(out_sizes)), int(np.prod(kernel_sizes))
+    if groups == 1:  # im2col + one matmul
+        cols = np.moveaxis(win, 1, 1 + nd).reshape(n * n_out, c_in * n_k)  # (N*O, C_in*K)
+        y = (cols @ w.reshape(c_out, -1).T).reshape((n,) + tuple(out_sizes) + (c_out,))  # (N, *O, C_out)
+        y = np.moveaxis(y, -1, 1)  # (N, C_out, *O)
+    else:
+        o_axes = "".join("hwd"[i] for i in range(nd))
+        k_axes = "".join("ijk"[i] for i in range(nd))
+        win = win.reshape((n, groups, c_in // groups) + win.shape[2:])  # (N, G, C_in/G, *O, *K)
+        wg = w.reshape((groups, c_out // groups) + w.shape[1:])  # (G, C_out/G, C_in/G, *K)
+        y = np.einsum(f"ngc{o_axes}{k_axes},goc{k_axes}->ngo{o_axes}", win, wg)
+        y = y.reshape((n, c_out) + tuple(out_sizes))  # (N, C_out, *O)
     b = a.f("bias")
     return y if b is None else y + _channel_shape(b, y.ndim)
 
@@ -598,6 +606,71 @@ def _upsample_nn(a: Args):
 
 
 # ------------------------------------------------------------------------------------------------------------------
+# layout ops (pure data movement, so exact in any dtype)
+# ------------------------------------------------------------------------------------------------------------------
+def _raw(a: Args, name: str = "x") -> np.ndarray:
+    return np.asarray(a(name))
+
+
+@kernel("reshape", "expand_dims", "squeeze")
+def _reshape_like_declared(a: Args):
+    x = _raw(a)
+    if a.out_shape is not None:  # these ops only re-label dims: the declared static shape says how
+        return x.reshape(a.out_shape)
+    t = a.op.op_type
+    if t == "reshape":
+        return x.reshape([int(s) for s in np.asarray(a("shape")).ravel()])
+    if t == "expand_dims":
+        return np.expand_dims(x, tuple(a.ints("axes")))
+    axes = a("axes")
+    return np.squeeze(x) if axes is None else np.squeeze(x, tuple(a.ints("axes")))
+
+
+@kernel("transpose")
+def _transpose(a: Args):
+    return np.transpose(_raw(a), a.ints("perm"))
+
+
+@kernel("concat")
+def _concat(a: Args):
+    if bool(a.scalar("interleave", False)):
+        raise _OpFailure("interleave=True is not implemented")
+    return np.concatenate([np.asarray(v) for v in a("values")], axis=int(a.scalar("axis")))
+
+
+@kernel("split")
+def _split(a: Args):
+    x = _raw(a)
+    axis = int(a.scalar("axis"))
+    sizes = a("split_sizes")
+    if sizes is not None:
+        idx = np.cumsum([int(s) for s in np.atleast_1d(sizes)])[:-1]
+    else:
+        idx = int(a.scalar("num_splits"))
+    return tuple(np.split(x, idx, axis=axis))
+
+
+@kernel("slice_by_index")
+def _slice_by_index(a: Args):
+    x = _raw(a)
+    r = x.ndim
+    begin, end = a.ints("begin"), a.ints("end")
+    stride = a.ints("stride", [1] * r) or [1] * r
+    bm = [bool(v) for v in np.atleast_1d(a("begin_mask", [False] * r))]
+    em = [bool(v) for v in np.atleast_1d(a("end_mask", [False] * r))]
+    sq = [bool(v) for v in np.atleast_1d(a("squeeze_mask", [False] * r))]
+    sl = []
+    for i in range(r):
+        if sq[i]:
+            sl.append(begin[i])
+            continue
+        b = None if bm[i] else begin[i]
+        e = None if em[i] else end[i]
+        sl.append(slice(b, e, stride[i]))
+    return x[tuple(sl)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
 # activation quantization ops (iOS17)
 # ------------------------------------------------------------------------------------------------------------------
 def _per_axis(v, x: np.ndarray, axis) -> np.ndarray:
@@ -645,6 +718,31 @@ def _np_dtype(var) -> np.dtype:
     return np.dtype(types.nptype_from_builtin(var.dtype))
 
 
+def _out_meta(var) -> tuple[str, np.dtype | None, tuple | None]:
+    """(name, numpy dtype or None for non-tensors, static shape or None when symbolic)."""
+    from coremltools.converters.mil.mil import types
+
+    if not (types.is_tensor(var.sym_type) or types.is_scalar(var.sym_type)):
+        return var.name, None, None
+    shape = tuple(var.shape)
+    static = all(isinstance(s, (int, np.integer)) for s in shape)
+    return var.name, _np_dtype(var), tuple(int(s) for s in shape) if static else None
+
+
+class _Step:
+    """One non-constant op, with everything about it that does not change between runs."""
+
+    __slots__ = ("op", "fn", "how", "inputs", "outs", "out_shape", "unbound")
+
+    def __init__(self, op, fn, how: str):
+        self.op, self.fn, self.how = op, fn, how
+        self.inputs = op.inputs  # {name: Var | tuple[Var]}
+        self.outs = [_out_meta(v) for v in op.outputs]
+        self.out_shape = self.outs[0][2]
+        # vars whose value exists only at run time (for value_inference binding)
+        self.unbound = [v for v in op.get_flattened_inputs() if v.val is None]
+
+
 def _unsupported(op, where: str, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(
         f"Core ML reference evaluator: op type {op.op_type!r} (MIL op {op.name!r} in {where}) {why}. "
@@ -668,7 +766,7 @@ class MILEvaluator:
             (name, tuple(var.shape), _np_dtype(var)) for name, var in fn.inputs.items()]
         self.outputs: list[str] = [v.name for v in fn.outputs]
         self._consts: dict[str, Any] = {}
-        self._plan: list[tuple[Any, Kernel, str]] = []
+        self._plan: list[_Step] = []
         self.op_counts: dict[str, int] = {}
         for op in fn.operations:
             self.op_counts[op.op_type] = self.op_counts.get(op.op_type, 0) + 1
@@ -680,16 +778,16 @@ class MILEvaluator:
             elif op.op_type.startswith("constexpr_"):
                 self._materialize(op)
             elif op.op_type in KERNELS:
-                self._plan.append((op, KERNELS[op.op_type], "numpy"))
+                self._plan.append(_Step(op, KERNELS[op.op_type], "numpy"))
             elif op.op_type not in _NO_FALLBACK and _has_value_inference(op):
-                self._plan.append((op, self._value_inference, "value_inference"))
+                self._plan.append(_Step(op, self._value_inference, "value_inference"))
             else:
                 raise _unsupported(op, self.where, "has no NumPy kernel and no usable coremltools "
                                    "value_inference")
 
     def _materialize(self, op) -> None:
         env = self._consts
-        bound = self._bind(op, env)
+        bound = self._bind(op, env, [v for v in op.get_flattened_inputs() if v.val is None])
         try:
             vals = op.materialized_val_inference()
         except Exception as e:
@@ -698,14 +796,15 @@ class MILEvaluator:
             self._unbind(bound)
         vals = vals if isinstance(vals, (tuple, list)) and len(op.outputs) > 1 else (vals,)
         for var, v in zip(op.outputs, vals):
-            env[var.name] = self._conform(op, var, v)
+            env[var.name] = self._conform(op, _out_meta(var), v)
 
     # -- value_inference with runtime values bound --------------------------------------------------------------
     @staticmethod
-    def _bind(op, env: dict[str, Any]) -> list[tuple[Any, Any]]:
+    def _bind(op, env: dict[str, Any], unbound) -> list[tuple[Any, Any]]:
+        """Give the vars in `unbound` (runtime values, decompressed weights) their values from `env`."""
         saved = []
-        for var in op.get_flattened_inputs():
-            if var.name in env and var.val is None:
+        for var in unbound:
+            if var.name in env:
                 inst = var.sym_type()
                 inst.val = np.array(env[var.name], copy=True)  # some value_inference mutate their input
                 saved.append((var, var._sym_val))
@@ -717,32 +816,29 @@ class MILEvaluator:
         for var, old in saved:
             var._sym_val = old
 
-    def _value_inference(self, a: Args):
-        saved = self._bind(a.op, a.env)
+    def _value_inference(self, a: Args, unbound):
+        saved = self._bind(a.op, a.env, unbound)
         try:
             return a.op.value_inference()
         finally:
             self._unbind(saved)
 
     # -- running -----------------------------------------------------------------------------------------------
-    def _conform(self, op, var, value) -> Any:
-        """Round `value` to the dtype `var` declares and check it has the declared static shape."""
-        from coremltools.converters.mil.mil import types
-
-        if types.is_tensor(var.sym_type) or types.is_scalar(var.sym_type):
-            arr = np.asarray(value)
-            dt = _np_dtype(var)
-            if arr.dtype != dt:
-                arr = arr.astype(dt)
-            shape = tuple(var.shape)
-            if all(isinstance(s, (int, np.integer)) for s in shape) and arr.shape != shape:
-                if arr.size == int(np.prod(shape)) and (arr.ndim == 0 or len(shape) == 0):
-                    arr = arr.reshape(shape)
-                else:
-                    raise _unsupported(op, self.where, f"produced shape {arr.shape} but the program declares "
-                                       f"{shape} for {var.name!r} (evaluator fault)")
-            return arr
-        return value
+    def _conform(self, op, meta: tuple, value) -> Any:
+        """Round `value` to the dtype its var declares and check it has the declared static shape."""
+        name, dt, shape = meta
+        if dt is None:  # not a tensor/scalar (lists, strings): pass through
+            return value
+        arr = np.asarray(value)
+        if arr.dtype != dt:
+            arr = arr.astype(dt)
+        if shape is not None and arr.shape != shape:
+            if arr.size == int(np.prod(shape)) and (arr.ndim == 0 or len(shape) == 0):
+                arr = arr.reshape(shape)
+            else:
+                raise _unsupported(op, self.where, f"produced shape {arr.shape} but the program declares "
+                                   f"{shape} for {name!r} (evaluator fault)")
+        return arr
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """feeds: {input name: array of the declared static shape}. Returns {output name: array}."""
@@ -754,28 +850,29 @@ class MILEvaluator:
             if tuple(x.shape) != shape:
                 raise ValueError(f"input {name!r} has shape {x.shape}; the program declares {shape}")
             env[name] = x.astype(dt)
-        for op, fn, how in self._plan:
-            a = Args(op, env)
+        for step in self._plan:
+            op = step.op
+            a = Args(op, env, step.inputs, step.out_shape)
             try:
-                res = fn(a)
+                res = step.fn(a) if step.how == "numpy" else step.fn(a, step.unbound)
             except UnsupportedOpError:
                 raise
             except _OpFailure as e:
                 raise _unsupported(op, self.where, f"cannot be evaluated: {e}") from e
             except Exception as e:
-                raise _unsupported(op, self.where, f"failed in its {how} implementation "
+                raise _unsupported(op, self.where, f"failed in its {step.how} implementation "
                                    f"({type(e).__name__}: {e})") from e
-            outs = res if len(op.outputs) > 1 else (res,)
-            if len(outs) != len(op.outputs):
+            outs = res if len(step.outs) > 1 else (res,)
+            if len(outs) != len(step.outs):
                 raise _unsupported(op, self.where, f"returned {len(outs)} outputs; the program declares "
-                                   f"{len(op.outputs)}")
-            for var, val in zip(op.outputs, outs):
-                env[var.name] = self._conform(op, var, val)
+                                   f"{len(step.outs)}")
+            for meta, val in zip(step.outs, outs):
+                env[meta[0]] = self._conform(op, meta, val)
         return {name: env[name] for name in self.outputs}
 
     def supported(self) -> dict[str, str]:
         """How each non-constant op type of this program is evaluated: "numpy" or "value_inference"."""
-        return {op.op_type: how for op, _, how in self._plan}
+        return {step.op.op_type: step.how for step in self._plan}
 
 
 def load_program(path: str | Path):

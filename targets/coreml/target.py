@@ -218,17 +218,20 @@ def _global_compression(precision: str):
 
 
 def _conversion_message(e: Exception, logged: list[str], precision: str) -> str:
+    """Name the torch op (and module) coremltools failed on, from its error log record or exception text."""
     text = " ".join(logged) + " " + str(e)
+    op = where = None
     m = re.search(r"converting '([^']+)' op \(located at: '([^']*)'\)", text)
-    op = m.group(1) if m else None
-    where = m.group(2) if m else None
-    if op is None:
-        m2 = re.search(r"op '([^']+)' not implemented", text)
-        op = m2.group(1) if m2 else None
-    what = f"torch op {op!r}" + (f" (module {where!r})" if where else "") if op else "the model"
+    if m:
+        op, where = m.group(1), m.group(2) or None
+    for pat in (r"Unsupported fx node (\S+?),", r"op '([^']+)' not implemented", r"node (\S+) \(\S+\) got"):
+        m2 = re.search(pat, text) if op is None else None
+        if m2:
+            op = m2.group(1)
+    what = (f"torch op {op!r}" + (f" (in module {where!r})" if where else "")) if op else "the model"
     return (f"coremltools could not convert {what} to a Core ML ML Program at precision {precision!r}: "
-            f"{type(e).__name__}: {str(e).strip()}. Fix: rewrite that op with ops Core ML supports, or register "
-            f"a composite with coremltools' @register_torch_op; or export to another target "
+            f"{type(e).__name__}: {str(e).strip()[:600]}. Fix: rewrite that op with ops Core ML supports, or "
+            f"register a composite with coremltools' @register_torch_op; or export to another target "
             f"(onnxruntime, executorch, tflite).")
 
 
@@ -432,11 +435,11 @@ class CoreMLTarget(Target):
             return runner(np.asarray(x, dtype=np.float32))
 
     def inspect(self, path: Path) -> dict:
+        ct = _ct()
         from coremltools.converters.mil.mil import types
 
         from .mil_eval import KERNELS, _NO_FALLBACK, _has_value_inference, load_program, load_spec
 
-        ct = _ct()
         with _quiet():
             spec = load_spec(path)
             prog = load_program(path)

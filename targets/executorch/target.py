@@ -17,24 +17,22 @@ runtime is imported once per process, on the first load.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.resources
 import json
 import logging
 import math
-import os
 import re
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ondevice.errors import ConversionError
 from ondevice.precision import Precision
+from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
 
 log = logging.getLogger("ondevice.targets.executorch")
@@ -42,58 +40,8 @@ log = logging.getLogger("ondevice.targets.executorch")
 MAX_BATCH = 4096  # bound of the symbolic batch dim used while calibrating
 CALIBRATION_BATCH = 32
 
-# Harmless output of the stack (torchao's missing CUDA kernels, a torch deprecation notice, cpuinfo probing the
-# ARM-only /sys files at runtime start-up). It is logged at DEBUG, never shown raw.
-_NOISE = re.compile("|".join([
-    r"Failed to load .*torchao",
-    r"is an Enum subclass and is now natively supported",
-    r"cpuinfo_utils\.cpp",
-    r"^\s*$",
-]))
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _NOISE.search(record.getMessage()):
-            log.debug("suppressed: %s", record.getMessage())
-            return False
-        return True
-
-
-for _name in ("torchao", "torch.utils._pytree"):
-    logging.getLogger(_name).addFilter(_DropNoise())
-
-
-@contextlib.contextmanager
-def _quiet_native() -> Iterator[None]:
-    """Capture what native code writes to fd 2 (cpuinfo probing on the first runtime load); replay lines that are
-    not known noise to stderr, log the rest at DEBUG."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # no usable stderr (embedded interpreter): nothing to filter
-        yield
-        return
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(fd, 2)
-            os.close(fd)
-            tmp.seek(0)
-            for line in tmp.read().decode("utf-8", "replace").splitlines():
-                if _NOISE.search(line):
-                    log.debug("suppressed: %s", line)
-                else:
-                    os.write(2, (line + "\n").encode())
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
+# What native code prints while the runtime starts (cpuinfo probing ARM-only /sys files on x86): harmless.
+_NATIVE_NOISE = re.compile(r"cpuinfo_utils\.cpp|^\s*$")
 
 # --- process-wide runtime state (the ExecuTorch thread pool is process-wide) -------------------------------
 _RUNTIME: Any = None
@@ -102,40 +50,34 @@ _LOADED = False
 
 
 def runtime():
-    """The executorch.runtime.Runtime singleton, imported on first use."""
+    """The executorch.runtime.Runtime singleton, imported on first use (~10 s cold)."""
     global _RUNTIME
     if _RUNTIME is None:
-        with _quiet(), _quiet_native():
+        with quiet(native_noise=_NATIVE_NOISE, log=log):
             from executorch.runtime import Runtime
 
             _RUNTIME = Runtime.get()
     return _RUNTIME
 
 
-def _conversion_error(exc: BaseException, stage: str, precision: str, model_name: str) -> ConversionError:
-    text = f"{type(exc).__name__}: {exc}"
-    op = None
-    m = re.search(r"Missing out variants: \{([^}]*)\}", text)
-    if m:
-        op = m.group(1).replace("'", "")
-    else:
-        for pattern in (r"aten::[A-Za-z0-9_.]+", r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?",
-                        r"torch\.ops\.[A-Za-z0-9_.]+"):
-            m = re.search(pattern, text)
-            if m:
-                op = m.group(0)
-                break
-    first = text.strip().splitlines()[0][:500]
-    hint = {
-        "capture": "make the model traceable by torch.export (no data-dependent Python control flow), "
-                   "or use the onnxruntime target",
-        "quantize": "try the other int8 precision (int8_static / int8_dynamic), or fp32 on executorch",
-        "lower": "rewrite that op with ops XNNPACK supports, or try fp32 / another int8 precision",
-    }[stage]
-    where = f"op(s) {op}" if op else "the model (see the cause below)"
+_HINTS = {
+    "capture": "make the model traceable by torch.export (no data-dependent Python control flow), "
+               "or use the onnxruntime target",
+    "quantize": "try the other int8 precision (int8_static / int8_dynamic), or fp32 on executorch",
+    "lower": "rewrite that op with ops XNNPACK supports, or try fp32 / another int8 precision",
+    "kernels": "rewrite that op with common ops (they fall back to portable kernels when XNNPACK does not take "
+               "them), or use the onnxruntime target",
+}
+
+
+def _conversion_error(exc: BaseException | None, stage: str, precision: str, model_name: str, *,
+                      op: str | None = None, cause: str | None = None) -> ConversionError:
+    if exc is not None:
+        op, cause = summarize_exception(exc)
+    where = f"op(s) {op}" if op else "the model (no single op named; see the cause)"
     return ConversionError(
         f"executorch target, precision {precision}: {stage} step failed on {where} of {model_name}. "
-        f"Cause: {first}. What was done: the step was aborted and no .pte was written. Try: {hint}.")
+        f"Cause: {cause}. What was done: the step was aborted and no .pte was written. Try: {_HINTS[stage]}.")
 
 
 def _batch_of(example_inputs: tuple, batch: int) -> tuple:
@@ -151,7 +93,7 @@ def capture(model, example_inputs: tuple):
     import torch
     from torch.export import Dim
 
-    with _quiet():
+    with quiet():
         try:
             ex2 = _batch_of(example_inputs, 2)
             dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
@@ -184,14 +126,15 @@ class ExecuTorchTarget(Target):
         except Exception as e:
             raise _conversion_error(e, "capture", precision.name, name) from e
         try:
-            from executorch.backends.transforms.duplicate_dynamic_quant_chain import DuplicateDynamicQuantChainPass
-            from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-                XNNPACKQuantizer, get_symmetric_quantization_config)
-            from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+            with quiet():
+                from executorch.backends.transforms.duplicate_dynamic_quant_chain import (
+                    DuplicateDynamicQuantChainPass)
+                from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+                    XNNPACKQuantizer, get_symmetric_quantization_config)
+                from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-            quantizer = XNNPACKQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
-            with _quiet():
+                quantizer = XNNPACKQuantizer().set_global(
+                    get_symmetric_quantization_config(is_per_channel=True, is_dynamic=dynamic))
                 prepared = prepare_pt2e(captured, quantizer)
                 if dynamic:
                     # activation ranges are chosen at run time; one pass fills the per-channel weight observers
@@ -221,22 +164,31 @@ class ExecuTorchTarget(Target):
             raise ValueError(f"option batch={batch}: must be >= 1")
         name = type(prepared).__name__
         try:
-            with _quiet():
+            with quiet():
                 ep = torch.export.export(prepared, _batch_of(example_inputs, batch))
         except Exception as e:
             raise _conversion_error(e, "capture", precision.name, name) from e
         try:
-            from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-            from executorch.backends.xnnpack.utils.configs import (
-                get_xnnpack_edge_compile_config, get_xnnpack_executorch_backend_config)
-            from executorch.exir import to_edge_transform_and_lower
+            with quiet():
+                from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+                from executorch.backends.xnnpack.utils.configs import (
+                    get_xnnpack_edge_compile_config, get_xnnpack_executorch_backend_config)
+                from executorch.exir import to_edge_transform_and_lower
 
-            with _quiet():
                 edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()],
                                                    compile_config=get_xnnpack_edge_compile_config())
                 program = edge.to_executorch(get_xnnpack_executorch_backend_config())
         except Exception as e:
             raise _conversion_error(e, "lower", precision.name, name) from e
+        # Ops left outside the delegate run on the runtime's registered kernels; one without a kernel would only
+        # fail at load time ("Failed to load method forward, error 0x14"), so name it now.
+        plan = program.executorch_program.execution_plan[0]
+        used = {op.name + (f".{op.overload}" if op.overload else "") for op in plan.operators}
+        missing = sorted(used - set(runtime().operator_registry.operator_names))
+        if missing:
+            raise _conversion_error(None, "kernels", precision.name, name, op=", ".join(missing),
+                                    cause="the ExecuTorch runtime in this environment has no kernel for them "
+                                          "and XNNPACK did not take them")
         Path(out).write_bytes(program.buffer)  # `out` is a temp path; the core renames it into place atomically
         return Path(out)
 
@@ -256,7 +208,7 @@ class ExecuTorchTarget(Target):
     def load(self, path: Path) -> EtRunner:
         global _LOADED
         rt = runtime()
-        with _quiet_native():
+        with quiet(native_noise=_NATIVE_NOISE, log=log):
             if _THREADS is not None and not _LOADED:
                 from executorch.extension.pybindings import portable_lib
 
@@ -300,21 +252,28 @@ class ExecuTorchTarget(Target):
 def _program(data: bytes):
     from executorch.exir._serialize._program import deserialize_pte_binary
 
-    with _quiet():
+    with quiet():
         return deserialize_pte_binary(data).program
 
 
-def _scalar_type_name(v) -> str:
+# ExecuTorch ScalarType names -> NumPy names (what the other targets report), with element sizes in bytes
+_SCALAR_TYPES = {"FLOAT": ("float32", 4), "DOUBLE": ("float64", 8), "HALF": ("float16", 2),
+                 "BFLOAT16": ("bfloat16", 2), "CHAR": ("int8", 1), "BYTE": ("uint8", 1), "SHORT": ("int16", 2),
+                 "INT": ("int32", 4), "LONG": ("int64", 8), "BOOL": ("bool", 1)}
+# XNNPACK value datatypes -> NumPy storage names (the raw XNNPACK names are kept in `xnnpack_weight_dtypes`)
+_XNN_STORAGE = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "qint8": "int8", "qcint8": "int8",
+                "qdint8": "int8", "qpint8": "int8", "quint8": "uint8", "qint32": "int32", "qcint32": "int32",
+                "int32": "int32", "qcint4": "int4", "qbint4": "int4"}
+
+
+def _scalar_type(v) -> tuple[str, int]:
     from executorch.exir.scalar_type import ScalarType
 
     try:
-        return ScalarType(int(v)).name.lower()
+        name = ScalarType(int(v)).name
     except (ValueError, TypeError):
-        return str(v)
-
-
-_ELEM_BYTES = {"float": 4, "double": 8, "half": 2, "bfloat16": 2, "char": 1, "byte": 1, "short": 2, "int": 4,
-               "long": 8, "bool": 1}
+        name = str(v)
+    return _SCALAR_TYPES.get(name, (name.lower(), 0))
 
 
 def xnnpack_graph(payload: bytes) -> dict:
@@ -356,8 +315,9 @@ def inspect_pte(data: bytes) -> dict:
                 delegate_calls[a.delegate_index] += 1
 
     delegated: Counter[str] = Counter()
-    w_count: Counter[str] = Counter()
-    w_bytes: Counter[str] = Counter()
+    w_count: Counter[str] = Counter()  # NumPy storage dtype -> number of constant tensors
+    w_bytes: Counter[str] = Counter()  # NumPy storage dtype -> bytes
+    xnn_count: Counter[str] = Counter()  # raw XNNPACK datatype (qcint8 = per-channel int8, ...) -> count
     delegates = []
     graph_error = None
     for i, d in enumerate(plan.delegates):
@@ -374,9 +334,10 @@ def inspect_pte(data: bytes) -> dict:
                     t = u.get("tensor_value", u)
                     idx = int(t.get("constant_buffer_idx") or 0)
                     if idx:
-                        dt = str(t.get("datatype", "?")).replace("xnn_datatype_", "")
-                        w_count[dt] += 1
-                        w_bytes[dt] += int(consts[idx]["size"]) if idx < len(consts) else 0
+                        raw = str(t.get("datatype", "?")).replace("xnn_datatype_", "")
+                        xnn_count[raw] += 1
+                        w_count[_XNN_STORAGE.get(raw, raw)] += 1
+                        w_bytes[_XNN_STORAGE.get(raw, raw)] += int(consts[idx]["size"]) if idx < len(consts) else 0
             except Exception as e:  # noqa: BLE001 - the op table degrades to delegate calls, and says why
                 graph_error = f"{type(e).__name__}: {e}"
                 delegated[f"{d.id}(undecoded)"] += int(delegate_calls[i])
@@ -390,15 +351,15 @@ def inspect_pte(data: bytes) -> dict:
             v = plan.values[idx].val
             if isinstance(v, Tensor):
                 out.append({"name": f"{'input' if indices is plan.inputs else 'output'}_{k}",
-                            "shape": [int(s) for s in v.sizes], "dtype": _scalar_type_name(v.scalar_type)})
+                            "shape": [int(s) for s in v.sizes], "dtype": _scalar_type(v.scalar_type)[0]})
         return out
 
     for v in plan.values:  # constants kept outside the delegate (used by non-delegated kernels)
         t = v.val
         if isinstance(t, Tensor) and t.data_buffer_idx and t.data_buffer_idx > 0:
-            dt = _scalar_type_name(t.scalar_type)
+            dt, size = _scalar_type(t.scalar_type)
             w_count[dt] += 1
-            w_bytes[dt] += math.prod(t.sizes) * _ELEM_BYTES.get(dt, 0)
+            w_bytes[dt] += math.prod(t.sizes) * size
 
     ops = dict(sorted((delegated + non_delegated).items()))
     n_del, n_non = int(sum(delegated.values())), int(sum(non_delegated.values()))
@@ -413,6 +374,7 @@ def inspect_pte(data: bytes) -> dict:
         "delegates": delegates,
         "weight_dtypes": dict(w_count),
         "weight_bytes": dict(w_bytes),
+        "xnnpack_weight_dtypes": dict(xnn_count),
         "inputs": io(plan.inputs),
         "outputs": io(plan.outputs),
     }

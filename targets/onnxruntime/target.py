@@ -13,21 +13,19 @@ All SDK imports (onnx, onnxruntime, onnxscript via torch.onnx) happen inside fun
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import re
 import shutil
 import tempfile
-import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from ondevice.errors import ConversionError
 from ondevice.precision import Precision
+from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
 
 log = logging.getLogger("ondevice.targets.onnxruntime")
@@ -36,47 +34,20 @@ DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound given to the exporter for the symbolic batch dimension
 CALIBRATION_BATCH = 32  # samples per calibration call when the graph has a symbolic batch dimension
 
-# Loggers of the exporter/quantizer stack whose INFO/WARNING chatter is not the user's business.
-_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir", "root")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence Python warnings and the exporter's/quantizer's log chatter; errors still propagate as exceptions."""
-    saved = {name: logging.getLogger(None if name == "root" else name).level for name in _CHATTY_LOGGERS}
-    try:
-        for name in _CHATTY_LOGGERS:
-            logging.getLogger(None if name == "root" else name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for name, level in saved.items():
-            logging.getLogger(None if name == "root" else name).setLevel(level)
-
-
 def _conversion_error(exc: BaseException, stage: str, precision: str, model_name: str) -> ConversionError:
     """Turn an exporter/quantizer exception into a ConversionError that names the op, what was done and what to try."""
-    text = f"{type(exc).__name__}: {exc}"
-    op = None
-    for pattern in (r"aten::[A-Za-z0-9_.]+", r"aten\.[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)?",
-                    r"(?:node|op)(?: type)? ['\"]?([A-Z][A-Za-z0-9]+)"):
-        m = re.search(pattern, text)
-        if m:
-            op = m.group(m.lastindex or 0)
-            break
-    where = f"op {op!r}" if op else "an op of the model (see the cause below)"
-    first = text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__
+    op, cause = summarize_exception(exc)
+    where = f"op {op!r}" if op else "the model (no single op named; see the cause)"
     hint = {
-        "export": "rewrite that op with supported primitives, try another opset (option opset=18..21), "
-                  "or use another target (executorch, tflite)",
+        "export": "rewrite that op with supported primitives (or remove data-dependent Python control flow), "
+                  "try another opset (option opset=18..21), or use another target (executorch, tflite)",
         "fp16": "keep fp32 for this model on onnxruntime, or use fp16 on coreml/tflite",
         "int8_dynamic": "try int8_static (QDQ) or fp32/fp16 on onnxruntime",
         "int8_static": "try int8_dynamic, option calibrate_method='minmax', or another target's int8_static",
     }.get(stage, "try another precision or target")
     return ConversionError(
         f"onnxruntime target, precision {precision}: {stage} step failed on {where} of {model_name}. "
-        f"Cause: {first}. What was done: the step was aborted and no artifact was written. Try: {hint}.")
+        f"Cause: {cause}. What was done: the step was aborted and no artifact was written. Try: {hint}.")
 
 
 # --- torch -> ONNX -----------------------------------------------------------------------------------------
@@ -96,7 +67,7 @@ def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAUL
         ex2 = tuple(torch.cat([t, t], 0) if t.shape[0] == 1 else t for t in example_inputs)  # (2, ...) each
         dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
         try:
-            with _quiet():
+            with quiet():
                 prog = torch.onnx.export(model, ex2, dynamo=True, external_data=False, opset_version=opset,
                                          dynamic_shapes=dyn, verbose=False, report=False)
             prog.save(str(path))
@@ -104,7 +75,7 @@ def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAUL
         except Exception as e:  # noqa: BLE001 - retried statically below; a second failure is reported
             log.info("onnxruntime: symbolic batch export failed (%s: %s); exporting with a static batch",
                      type(e).__name__, str(e).splitlines()[0] if str(e) else "")
-    with _quiet():
+    with quiet():
         prog = torch.onnx.export(model, example_inputs, dynamo=True, external_data=False, opset_version=opset,
                                  verbose=False, report=False)
     prog.save(str(path))
@@ -190,7 +161,7 @@ class OnnxRuntimeTarget(Target):
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
-        with _quiet():
+        with quiet():
             m16 = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
         onnx.save(m16, str(out))
 
@@ -198,7 +169,7 @@ class OnnxRuntimeTarget(Target):
     def _pre_process(src: Path, dst: Path) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with _quiet():
+        with quiet():
             quant_pre_process(str(src), str(dst))
 
     def _int8_dynamic(self, src: Path, work: Path, out: Path) -> None:
@@ -206,7 +177,7 @@ class OnnxRuntimeTarget(Target):
 
         pre = work / "pre.onnx"
         self._pre_process(src, pre)
-        with _quiet():
+        with quiet():
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
 
     def _int8_static(self, src: Path, work: Path, out: Path, calibration: np.ndarray | None, activations: str,
@@ -224,7 +195,7 @@ class OnnxRuntimeTarget(Target):
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibrate_method]
         uint8 = activations == "uint8"
-        with _quiet():
+        with quiet():
             quantize_static(
                 str(pre), str(out), _Reader(calibration, input_name, batch), quant_format=QuantFormat.QDQ,
                 per_channel=True, reduce_range=uint8,

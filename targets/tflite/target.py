@@ -125,6 +125,18 @@ def _flush_c_stdio() -> None:
 
 
 # --- error translation -------------------------------------------------------------------------------------
+_SOURCE_LINE = r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)'  # a traceback frame and its code line
+
+
+def _source_line(text: str, after: str = "") -> str | None:
+    """'file.py:12 in forward: <code>' for the last traceback frame in `text` (the first one following `after`)."""
+    frames = re.findall(re.escape(after) + r"\s*" + _SOURCE_LINE if after else _SOURCE_LINE, text)
+    if not frames:
+        return None
+    f, line, fn, code = frames[0] if after else frames[-1]
+    return f"{Path(f).name}:{line} in {fn}: {code.strip()}"
+
+
 def _locate_op(module, args: tuple, kwargs: dict, op: str) -> str | None:
     """Best effort: the module path and source line of the first node calling `op` (e.g. 'aten.i0.default')."""
     import torch
@@ -146,11 +158,9 @@ def _locate_op(module, args: tuple, kwargs: dict, op: str) -> str | None:
                 path, typ = list(stack.values())[-1]
                 typ = getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1])
                 where.append(f"module {path!r} ({typ})" if path else f"the forward of {typ} itself")
-            trace = node.meta.get("stack_trace") or ""
-            m = re.findall(r'File "([^"]+)", line (\d+), in (\w+)\n\s*(.+)', trace)
-            if m:
-                f, line, fn, code = m[-1]
-                where.append(f"{Path(f).name}:{line} in {fn}: {code.strip()}")
+            line = _source_line(node.meta.get("stack_trace") or "")
+            if line:
+                where.append(line)
             return ", ".join(where) or None
     return None
 
@@ -168,17 +178,15 @@ def _conversion_error(exc: BaseException, stage: str, precision: str, cap: _Capt
         if module is not None:
             with _quiet():
                 where = _locate_op(module, args, kwargs or {}, op)
-        if where is None:
-            t = re.search(r'Original traceback:\s*File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)', msg)
-            where = f"{Path(t.group(1)).name}:{t.group(2)} in {t.group(3)}: {t.group(4).strip()}" if t else None
+        where = where or _source_line(msg, after="Original traceback:")
         text = (f"tflite conversion at precision {precision!r} failed: litert-torch has no TFLite lowering for "
                 f"PyTorch op {op}" + (f" (from {where})" if where else "") + ". The model was exported with "
                 f"torch.export and lowered op by op; this op has no TFLite equivalent. Fix: rewrite that part of "
                 f"the model with supported ops (elementwise math, matmul/linear, conv, pooling, softmax, ...), "
                 f"or export to target 'onnxruntime' or 'executorch', which may support it.")
     elif "data-dependent" in msg or type(exc).__name__.startswith("GuardOnDataDependent"):
-        t = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)', msg)
-        where = f" at {Path(t.group(1)).name}:{t.group(2)} in {t.group(3)}: {t.group(4).strip()}" if t else ""
+        line = _source_line(msg, after="The following call raised this error:")
+        where = f" at {line}" if line else ""
         text = (f"tflite conversion at precision {precision!r} failed in torch.export: the model branches on tensor "
                 f"values (data-dependent control flow{where}), which a static graph cannot hold. Fix: remove the "
                 f"Python `if` on tensor values (use torch.where / torch.cond), then export again.")
@@ -532,4 +540,5 @@ class TFLiteTarget(Target):
         return {}  # the LiteRT Python interpreter does not expose its arena size
 
     def set_threads(self, n: int) -> None:
-        self._threads = int(n)
+        """Interpreter(num_threads=n) for later loads; n <= 0 restores the runtime's default."""
+        self._threads = int(n) if n and int(n) > 0 else None
