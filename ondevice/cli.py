@@ -146,6 +146,8 @@ def _cmd_export(a) -> int:
     else:
         from .models import build_model
 
+        if not dataset:
+            raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
         model = build_model(a.model, weights=a.weights).eval()
         name = a.model.replace(":", "_").replace(".", "_")
         out = Path(a.out or "artifacts")
@@ -158,9 +160,20 @@ def _cmd_export(a) -> int:
     options = dict(kv.split("=", 1) for kv in a.option)
     jobs = []
     for t in targets:
-        spec = get_spec(t)
+        spec = get_spec(t)  # unknown name -> lists the valid ones (exit 2)
+        bad = [p for p in a.precision or [] if p not in spec.precisions]
+        if bad and len(targets) == 1:
+            raise UsageError(f"target {t!r} cannot produce {', '.join(map(repr, bad))}; it can do: "
+                             f"{', '.join(spec.precisions)}")
         opts = {k: parse_value(v) for k, v in options.items() if k in spec.options}
-        jobs.append((t, a.precision or list(spec.precisions), opts))
+        precisions = [p for p in a.precision if p in spec.precisions] if a.precision else list(spec.precisions)
+        if precisions:
+            jobs.append((t, precisions, opts))
+    unknown_opts = set(options) - {k for t in targets for k in get_spec(t).options}
+    if unknown_opts:
+        raise UsageError(f"no target among {', '.join(targets)} takes option(s) {sorted(unknown_opts)}")
+    if not jobs:
+        raise UsageError(f"none of {', '.join(targets)} can produce {', '.join(a.precision)}")
     arts = export_many(model, jobs, out_dir=out, calibration=calib, verify_data=verify, stem=name,
                        on_result=lambda art: print(_artifact_line(art), flush=True))
     from .io import atomic_write_json
@@ -217,7 +230,11 @@ def _cmd_fetch(a) -> int:
 
 
 def _add_targets(sub) -> None:
-    p = sub.add_parser("targets", help="list targets, their precisions and whether their packages are installed")
+    p = sub.add_parser("targets", help="list targets, their precisions and whether their packages are installed",
+                       description="List every registered target (the folders under targets/ and any package exposing "
+                                   "an `ondevice.targets` entry point): its artifact suffix, the precisions it can "
+                                   "produce, and whether its SDK is installed; when it is not, the pip line that "
+                                   "installs it (e.g. pip install 'ondevice[tflite]').")
     p.set_defaults(func=_cmd_targets)
 
 

@@ -10,17 +10,13 @@ import math
 
 import numpy as np
 import pytest
+import torch
+import torch.nn as nn
 
-pytest.importorskip("litert_torch")
-pytest.importorskip("ai_edge_litert")
-
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-
-from ondevice.errors import ConversionError, UnsupportedPrecisionError  # noqa: E402
-from ondevice.export import export, torch_outputs  # noqa: E402
-from ondevice.precision import get_precision  # noqa: E402
-from ondevice.target import get_target  # noqa: E402
+from ondevice.errors import ConversionError, UnsupportedPrecisionError
+from ondevice.export import export
+from ondevice.precision import get_precision
+from ondevice.target import get_target
 
 PRECISIONS = ("fp32", "fp16", "int8_dynamic", "int8_static", "int8_weight_only")
 SEED = 0
@@ -112,8 +108,8 @@ def artifacts(models, tmp_path_factory):
         key = (model, precision, nhwc)
         if key not in cache:
             m, cal, xt, yt = models[model]
-            cache[key] = export(m, "tflite", precision, out=root / f"{model}_{precision}{'_nhwc' if nhwc else ''}.tflite",
-                                calibration=cal, verify_data=(xt, yt), nhwc=nhwc)
+            out = root / f"{model}_{precision}{'_nhwc' if nhwc else ''}.tflite"
+            cache[key] = export(m, "tflite", precision, out=out, calibration=cal, verify_data=(xt, yt), nhwc=nhwc)
         return cache[key]
 
     return get
@@ -192,7 +188,7 @@ def test_run_accepts_any_batch_size(artifacts, models, tflite, precision):
     one_by_one = np.concatenate([tflite.run(runner, xt[i:i + 1]) for i in range(67)])
     for n in (1, 5, 67):
         np.testing.assert_array_equal(tflite.run(runner, xt[:n]), one_by_one[:n])
-    assert tflite.run(runner, xt[:0]).shape[0] == 0
+    assert tflite.run(runner, xt[:0]).shape == (0, 10)
 
 
 def test_set_threads_applies_to_new_loads(artifacts, models, tflite):
@@ -238,7 +234,8 @@ def test_nhwc_artifact_takes_nhwc_and_matches_the_nchw_export(artifacts, models,
     it.invoke()
     y_ref = tflite.run(tflite.load(nchw.path), xt[:1])
     np.testing.assert_allclose(it.get_tensor(out["index"]), y_ref, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match=r"takes samples of shape \(8, 8, 3\)"):
+    with pytest.raises(ValueError, match=r"takes NCHW samples of shape \(3, 8, 8\) \(the artifact itself takes "
+                                         r"NHWC \(8, 8, 3\).*got \(8, 8, 3\)"):
         tflite.run(tflite.load(nhwc.path), xt[:2].transpose(0, 2, 3, 1))  # run() wants NCHW
 
 

@@ -20,7 +20,7 @@ target and precision, the retention chain teacher -> student -> artifacts, estim
 latency   each (item, thread count) runs in its own worker process (threads set before loading; BLAS/OpenMP
           threads pinned to the same count); warm-up by count and time; variants timed in interleaved rounds
           until each has >= N queries and >= T seconds (quick: 64 / 2 s, full: 1024 / 60 s, MLPerf
-          single-stream style); p50/p90/p99, mean, std, bootstrap 95%% CI of p50. Core ML has no runtime on
+          single-stream style); p50/p90/p99, mean, std, bootstrap 95% CI of p50. Core ML has no runtime on
           Linux: its latency is reported as not measurable, its accuracy comes from the reference evaluator.
 memory    peak RSS of the worker above its baseline after loading and after running, the file size, and the
           runtime's own planned-memory figures.
@@ -117,7 +117,8 @@ def _print_summary(report: dict) -> None:
 
     threads = report["config"]["threads"]
     t = Table(title=f"ondevice bench: {report['measured_on']}", title_justify="left")
-    for h in ["item", "status", "size", "accuracy", "retention", "agreement"] + [f"p50 ms @{n}t" for n in threads]:
+    t.add_column("item", no_wrap=True)
+    for h in ["status", "size", "accuracy", "retention", "agreement"] + [f"p50 ms @{n}t" for n in threads]:
         t.add_column(h, overflow="fold")
     for it in report["items"]:
         a = it.get("accuracy") or {}

@@ -355,6 +355,8 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, info
             energy["estimated_reason"] = "the artifact could not be loaded and inspected (see errors)"
         elif graph is not None:
             wb, wsrc = weight_bytes_for(graph, it.precision, info.get("inspect"))
+            if it.kind == "pytorch":
+                wsrc = "the eager model's parameters (inspect: weight_bytes)"
             cprec = (info.get("inspect") or {}).get("compute_precision")
             energy["graph"] = graph
             energy["graph_source"] = (f"counted on {items[graph_i].label} (PyTorch)" if graph_i != i

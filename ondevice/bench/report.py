@@ -322,7 +322,11 @@ def plot_accuracy_latency(report: dict) -> tuple[str, str] | None:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return "Accuracy vs p50 latency (measured on this host; Pareto front dashed, ringed)", _png(fig)
+    cap = "Accuracy vs p50 latency (measured on this host; Pareto front dashed, ringed)"
+    missing = [it["label"] for it in report["items"] if not it["latency"]["measurable"]]
+    if missing:
+        cap += f"; latency not measurable here, so not plotted: {', '.join(missing)}"
+    return cap, _png(fig)
 
 
 def plot_sizes(report: dict) -> tuple[str, str] | None:

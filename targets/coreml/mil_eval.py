@@ -81,7 +81,8 @@ class Args:
                     self._defaults = dict(self.op.default_inputs().items())
                 except Exception:
                     self._defaults = {}
-            return self._defaults.get(name, default)
+            v = self._defaults.get(name)
+            return default if v is None else v
         if isinstance(var, (list, tuple)):
             return tuple(self._var_value(v) for v in var)
         return self._var_value(var)
@@ -746,7 +747,7 @@ class _Step:
 def _unsupported(op, where: str, why: str) -> UnsupportedOpError:
     return UnsupportedOpError(
         f"Core ML reference evaluator: op type {op.op_type!r} (MIL op {op.name!r} in {where}) {why}. "
-        f"Nothing was evaluated. {ISSUE_HINT}.")
+        f"{ISSUE_HINT}.")
 
 
 class MILEvaluator:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from ondevice.errors import ConversionError
+from ondevice.errors import ConfigError, ConversionError
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
@@ -141,7 +141,7 @@ class ExecuTorchTarget(Target):
                     samples = example_inputs[0].detach().numpy()
                 else:
                     if calibration is None or len(calibration) == 0:
-                        raise ValueError("executorch int8_static needs calibration= real samples")
+                        raise ConfigError("executorch int8_static needs calibration= real samples")
                     samples = np.ascontiguousarray(calibration, dtype=np.float32)
                 with torch.no_grad():
                     for i in range(0, len(samples), cal_batch):
@@ -149,7 +149,7 @@ class ExecuTorchTarget(Target):
                 converted = convert_pt2e(prepared)
                 if dynamic:
                     DuplicateDynamicQuantChainPass()(converted)
-        except ValueError:
+        except ConfigError:
             raise
         except Exception as e:
             raise _conversion_error(e, "quantize", precision.name, name) from e
@@ -161,7 +161,7 @@ class ExecuTorchTarget(Target):
 
         batch = int(batch)
         if batch < 1:
-            raise ValueError(f"option batch={batch}: must be >= 1")
+            raise ConfigError(f"option batch={batch}: must be >= 1")
         name = type(prepared).__name__
         try:
             with quiet():

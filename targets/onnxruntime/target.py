@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ondevice.errors import ConversionError
+from ondevice.errors import ConfigError, ConversionError
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
@@ -129,10 +129,10 @@ class OnnxRuntimeTarget(Target):
         out = Path(out)
         name = type(prepared).__name__
         if activations not in ("int8", "uint8"):
-            raise ValueError(f"option activations={activations!r}: valid values are 'int8' and 'uint8'")
+            raise ConfigError(f"option activations={activations!r}: valid values are 'int8' and 'uint8'")
         methods = ("minmax", "entropy", "percentile")
         if calibrate_method not in methods:
-            raise ValueError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
+            raise ConfigError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
         with tempfile.TemporaryDirectory(prefix="ondevice-ort-") as td:
             fp32 = Path(td) / "fp32.onnx"
             try:
@@ -149,8 +149,8 @@ class OnnxRuntimeTarget(Target):
                 elif precision.name == "int8_static":
                     self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method)
                 else:  # the core checks precisions against the spec first
-                    raise ValueError(f"onnxruntime cannot produce {precision.name}")
-            except (ConversionError, ValueError):
+                    raise ConfigError(f"onnxruntime cannot produce {precision.name}")
+            except (ConversionError, ConfigError):
                 raise
             except Exception as e:
                 raise _conversion_error(e, precision.name, precision.name, name) from e
@@ -185,7 +185,7 @@ class OnnxRuntimeTarget(Target):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if calibration is None or len(calibration) == 0:
-            raise ValueError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training images)")
+            raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training images)")
         pre = work / "pre.onnx"
         self._pre_process(src, pre)
         import onnx

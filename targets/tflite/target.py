@@ -222,7 +222,8 @@ def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
 
 
 def _sample(example_inputs: tuple, nhwc: bool) -> tuple[tuple, dict]:
-    """(args, kwargs) to trace with: NCHW positional `args_0`, or NHWC keyword `input_nhwc` (names the signature input)."""
+    """(args, kwargs) to trace with: NCHW positional (`args_0`), or NHWC keyword `input_nhwc` (names the signature
+    input, so the artifact records its layout)."""
     x = example_inputs[0]
     if nhwc:
         if x.ndim < 3:
@@ -492,12 +493,17 @@ class TFLiteTarget(Target):
     def run(self, runner: Runner, x: np.ndarray) -> np.ndarray:
         """x: (N, C, ...) float32 NCHW for any N -> (N, ...) float32 outputs of the signature's first output."""
         x = np.asarray(x, dtype=np.float32)
+        want = tuple(int(d) for d in runner.input["shape"][1:])  # one sample as the artifact takes it
         if runner.nhwc:
-            x = _nchw_to_nhwc(x)  # the artifact takes (N, H, W, C)
-        want = tuple(int(d) for d in runner.input["shape"][1:])
+            want = (want[-1], *want[:-1])  # ... and as run() takes it: NCHW
         if tuple(x.shape[1:]) != want:
-            layout = "NHWC (run() transposes NCHW input for you)" if runner.nhwc else "as traced"
-            raise ValueError(f"{runner.path} takes samples of shape {want} {layout}; got {tuple(x.shape[1:])}")
+            note = f" (the artifact itself takes NHWC {tuple(int(d) for d in runner.input['shape'][1:])}; run() " \
+                   f"transposes for you)" if runner.nhwc else ""
+            raise ValueError(f"{runner.path}: run() takes NCHW samples of shape {want}{note}; got {tuple(x.shape[1:])}")
+        if len(x) == 0:
+            return np.zeros((0, *(int(d) for d in runner.output["shape"][1:])), np.float32)
+        if runner.nhwc:
+            x = _nchw_to_nhwc(x)  # (N, C, H, W) -> (N, H, W, C)
         xq = _quantize_input(x, runner.input)
         it, i_in, i_out = runner.interpreter, runner.input["index"], runner.output["index"]
         if runner.batch == -1:  # dynamic batch: one invoke
@@ -518,21 +524,21 @@ class TFLiteTarget(Target):
             it.set_tensor(i_in, np.ascontiguousarray(chunk))
             it.invoke()
             outs.append(_dequantize_output(it.get_tensor(i_out), runner.output)[:n])
-        return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+        return np.concatenate(outs)
 
     def inspect(self, path: Path) -> dict:
         info = _flatbuffer_summary(Path(path).read_bytes())
         runner = self.load(path)
         it = runner.interpreter
 
-        def io(details: list[dict]) -> list[dict]:
-            return [{"name": d["name"], "shape": [int(s) for s in d["shape_signature"]], "dtype": _dtype_name(d["dtype"]),
-                     "quantization": _quant_params(d)} for d in details]
+        def describe(details: list[dict]) -> list[dict]:
+            return [{"name": d["name"], "shape": [int(s) for s in d["shape_signature"]],
+                     "dtype": _dtype_name(d["dtype"]), "quantization": _quant_params(d)} for d in details]
 
-        info["inputs"] = io([runner.input])
-        info["outputs"] = io(it.get_output_details())
+        info["inputs"] = describe([runner.input])
+        info["outputs"] = describe(it.get_output_details())
         info["input_layout"] = "NHWC" if runner.nhwc else "as traced (NCHW for images)"
-        info["integer_io"] = any(d["dtype"] != "float32" for d in info["inputs"] + info["outputs"])
+        info["integer_io"] = any(np.dtype(d["dtype"]).kind in "iu" for d in info["inputs"] + info["outputs"])
         info["signatures"] = list(it.get_signature_list())
         return info
 

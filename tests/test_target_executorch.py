@@ -1,0 +1,155 @@
+"""ExecuTorch target: real .pte programs (XNNPACK delegate) of models trained on real digits, run by
+executorch.runtime."""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from conformance_models import digits_case
+from ondevice.errors import ConfigError, ConversionError
+from ondevice.export import export, torch_outputs
+from ondevice.precision import get_precision
+from ondevice.target import get_target
+
+TARGET = "executorch"
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return digits_case("mlp")
+
+
+def _export(case, precision, tmp_path, **options):
+    return export(case.model, TARGET, precision, out=tmp_path / f"{case.name}_{precision}",
+                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify), **options)
+
+
+def test_fp32_is_fully_delegated_and_matches_torch(mlp, tmp_path):
+    art = _export(mlp, "fp32", tmp_path)
+    assert art.status == "verified", art.error
+    info = art.inspect
+    assert info["delegated_ops"]["XNNFullyConnected"] == 2
+    assert info["num_non_delegated_ops"] == 0
+    assert [d["backend"] for d in info["delegates"]] == ["XnnpackBackend"]
+    assert info["inputs"] == [{"name": "input_0", "shape": [1, 1, 8, 8], "dtype": "float32"}]
+    assert info["weight_dtypes"] == {"float32": 4}  # 2 weights + 2 biases inside the delegate
+    assert info["weight_bytes"]["float32"] == 4 * (64 * 64 + 64 + 10 * 64 + 10)
+    mem = art.runtime_memory
+    assert mem["planned_bytes"] == sum(mem["non_const_buffer_sizes"][1:]) > 0
+    tgt = get_target(TARGET)
+    x = mlp.x_verify[:5]  # a batch-1 program runs any N (one sample per call)
+    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_batch_option_pads_the_last_chunk(mlp, tmp_path):
+    art = _export(mlp, "fp32", tmp_path, batch=4)
+    assert art.inspect["inputs"][0]["shape"] == [4, 1, 8, 8]
+    tgt = get_target(TARGET)
+    x = mlp.x_verify[:10]  # 4 + 4 + 2 (padded to 4)
+    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match=r"option batch=0: must be >= 1"):
+        _export(mlp, "fp32", tmp_path, batch=0)
+
+
+def test_int8_static_has_per_channel_int8_weights(mlp, tmp_path):
+    art = _export(mlp, "int8_static", tmp_path)
+    assert art.status == "verified", art.error
+    assert art.inspect["xnnpack_weight_dtypes"] == {"qcint8": 2, "qcint32": 2}  # per-channel weights and biases
+    assert art.inspect["num_non_delegated_ops"] == 0
+    assert art.verification["sqnr_db"] >= 20.0 and art.verification["top1_agreement"] >= 0.98
+
+
+def test_int8_static_ranges_come_from_the_calibration_samples(mlp):
+    """The observed input range of the quantized graph follows the calibration samples."""
+    tgt = get_target(TARGET)
+    prec = get_precision("int8_static")
+    ex = (torch.from_numpy(mlp.calibration[:1]),)
+
+    def first_activation_scale(cal: np.ndarray) -> float:
+        gm = tgt.quantize(mlp.model, prec, ex, cal)
+        q = next(n for n in gm.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target))
+        return float(q.args[1])
+
+    s1 = first_activation_scale(mlp.calibration)
+    s3 = first_activation_scale(mlp.calibration * 3.0)
+    assert s3 == pytest.approx(3.0 * s1, rel=0.05)  # HistogramObserver: same samples, three times the range
+
+
+def test_int8_dynamic_quantizes_linear_weights_and_activations_at_run_time(mlp, tmp_path):
+    art = _export(mlp, "int8_dynamic", tmp_path)
+    assert art.status == "verified", art.error
+    info = art.inspect
+    assert info["xnnpack_weight_dtypes"]["qcint8"] == 2  # both Linear weights, per channel
+    assert info["delegated_ops"]["XNNConvert"] == 2  # fp32 -> dynamically quantized int8 before each Linear
+
+
+def test_transformer_reports_partial_delegation(tmp_path):
+    case = digits_case("transformer")
+    art = _export(case, "fp32", tmp_path)
+    assert art.status == "verified", art.error
+    info = art.inspect
+    assert info["delegated_ops"]["XNNSoftmax"] == 1 and info["delegated_ops"]["XNNBatchMatrixMultiply"] == 2
+    assert info["non_delegated_ops"]["aten::native_layer_norm.out"] == 3  # LayerNorm runs on portable kernels
+    assert info["num_ops"] == info["num_delegated_ops"] + info["num_non_delegated_ops"]
+
+
+def test_export_is_deterministic(mlp, tmp_path):
+    digests = [hashlib.sha256(open(_export(mlp, "int8_static", tmp_path / str(i)).path, "rb").read()).hexdigest()
+               for i in range(2)]
+    assert digests[0] == digests[1]
+
+
+class _DataDependent(nn.Module):
+    def forward(self, x):  # Python control flow on a tensor value: torch.export cannot capture it
+        return x.flatten(1)[:, :10] if x.sum() > 0 else -x.flatten(1)[:, :10]
+
+
+class _Eig(nn.Module):
+    def forward(self, x):  # x (N, 1, 8, 8) -> (N, 8); the runtime has no kernel for linalg_eig
+        return torch.linalg.eigvals(x.reshape(-1, 8, 8)).real
+
+
+def test_conversion_errors_name_the_step_and_the_op(mlp, tmp_path):
+    x = mlp.x_verify[:4]
+    with pytest.raises(ConversionError, match=r"executorch target, precision fp32: capture step failed.*"
+                                              r"data-dependent.*Try: make the model traceable"):
+        export(_DataDependent(), TARGET, "fp32", out=tmp_path / "dd", verify_data=(x, None))
+    with pytest.raises(ConversionError, match=r"kernels step failed on op\(s\) aten::linalg_eig\.out"):
+        export(_Eig(), TARGET, "fp32", out=tmp_path / "eig", verify_data=(x, None))
+    assert not (tmp_path / "eig.pte").exists()
+
+
+def test_threads_cannot_change_after_a_load(mlp, tmp_path):
+    tgt = get_target(TARGET)
+    tgt.load(_export(mlp, "fp32", tmp_path).path)
+    with pytest.raises(RuntimeError, match=r"cannot change the thread count to 3 after a program was loaded"):
+        tgt.set_threads(3)
+
+
+@pytest.mark.slow
+def test_threads_are_set_before_the_first_load(tmp_path):
+    """In a fresh process (the pool is process-wide): set_threads(1) then load -> the pool has 1 thread."""
+    script = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
+        from conformance_models import digits_case
+        from ondevice.export import export
+        from ondevice.target import get_target
+        from executorch.extension.pybindings import portable_lib
+        case = digits_case("mlp")
+        tgt = get_target("executorch")
+        tgt.set_threads(1)
+        art = export(case.model, "executorch", "fp32", out={str(tmp_path / 'm')!r},
+                     verify_data=(case.x_verify, case.y_verify))
+        print("status", art.status, "threads", portable_lib._threadpool_get_thread_count())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "status verified threads 1" in out.stdout

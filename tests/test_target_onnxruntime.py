@@ -1,0 +1,143 @@
+"""ONNX Runtime target: real torch.onnx exports of a digits MLP trained on real data, run in onnxruntime."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import onnx
+from onnx import numpy_helper
+
+from conformance_models import digits_case
+from ondevice.errors import ConversionError
+from ondevice.export import export, torch_outputs
+from ondevice.target import get_spec, get_target
+
+TARGET = "onnxruntime"
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return digits_case("mlp")
+
+
+def _export(case, precision, tmp_path, **options):
+    return export(case.model, TARGET, precision, out=tmp_path / f"{case.name}_{precision}",
+                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify), **options)
+
+
+def _initializers(path) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
+
+
+def test_fp32_has_symbolic_batch_and_matches_torch(mlp, tmp_path):
+    art = _export(mlp, "fp32", tmp_path)
+    assert art.status == "verified", art.error
+    info = art.inspect
+    assert info["dynamic_batch"] is True
+    assert info["inputs"][0]["shape"][0] == "batch" and info["inputs"][0]["shape"][1:] == [1, 8, 8]
+    assert info["ops"].get("Gemm", 0) + info["ops"].get("MatMul", 0) == 2  # the two Linear layers
+    assert info["weight_dtypes"]["float32"] == 4  # 2 weights + 2 biases
+    tgt = get_target(TARGET)
+    runner = tgt.load(art.path)
+    for n in (1, 7):  # one call per batch, any size
+        x = mlp.x_verify[:n]
+        np.testing.assert_allclose(tgt.run(runner, x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_static_batch_option_runs_any_batch(mlp, tmp_path):
+    art = _export(mlp, "fp32", tmp_path, dynamic_batch=False)
+    assert art.inspect["dynamic_batch"] is False and art.inspect["inputs"][0]["shape"] == [1, 1, 8, 8]
+    tgt = get_target(TARGET)
+    x = mlp.x_verify[:5]  # looped one sample at a time inside run()
+    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_fp16_has_half_weights_and_float_io(mlp, tmp_path):
+    art = _export(mlp, "fp16", tmp_path)
+    assert art.status == "verified", art.error
+    assert set(art.inspect["weight_dtypes"]) - {"int64"} == {"float16"}
+    assert art.inspect["inputs"][0]["dtype"] == "float32" and art.inspect["outputs"][0]["dtype"] == "float32"
+    assert art.inspect["ops"]["Cast"] == 2  # keep_io_types: one Cast in, one Cast out
+    assert art.verification["sqnr_db"] >= 35.0
+
+
+def test_int8_static_is_per_channel_qdq(mlp, tmp_path):
+    art = _export(mlp, "int8_static", tmp_path)
+    assert art.status == "verified", art.error
+    ops = art.inspect["ops"]
+    assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= ops["QuantizeLinear"]
+    inits = _initializers(art.path)
+    weights = [v for v in inits.values() if v.dtype == np.int8 and v.ndim == 2]
+    assert sorted(w.shape for w in weights) == [(10, 64), (64, 64)] or sorted(w.shape for w in weights) == [
+        (64, 10), (64, 64)]
+    graph = onnx.load(art.path).graph
+    weight_scales = [inits[n.input[1]] for n in graph.node
+                     if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 2]
+    assert sorted(s.size for s in weight_scales) == [10, 64]  # one scale per output channel
+    assert art.verification["sqnr_db"] >= 20.0 and art.verification["top1_agreement"] >= 0.98
+
+
+def test_int8_static_scales_come_from_the_calibration_samples(mlp, tmp_path):
+    """The first activation scale (of the flattened input) is what the calibration data implies (MinMax, int8)."""
+    a = _export(mlp, "int8_static", tmp_path / "a")
+    cal2 = mlp.calibration * 3.0  # same real samples, three times the range
+    b = export(mlp.model, TARGET, "int8_static", out=tmp_path / "b" / "m", calibration=cal2,
+               verify_data=(mlp.x_verify, None), thresholds={"min_sqnr_db": 0.0, "min_top1_agreement": 0.0})
+
+    def input_scale(path) -> float:
+        m = onnx.load(str(path))
+        inits = {i.name: numpy_helper.to_array(i) for i in m.graph.initializer}
+        q = next(n for n in m.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits)
+        return float(inits[q.input[1]])  # nodes are in topological order: this one quantizes the input
+
+    lo, hi = float(mlp.calibration.min()), float(mlp.calibration.max())
+    expected = (max(hi, 0.0) - min(lo, 0.0)) / 255.0  # asymmetric int8 MinMax over the real samples
+    assert input_scale(a.path) == pytest.approx(expected, rel=1e-5)
+    assert input_scale(b.path) == pytest.approx(3.0 * input_scale(a.path), rel=1e-5)
+
+
+def test_int8_dynamic_quantizes_activations_at_run_time(mlp, tmp_path):
+    art = _export(mlp, "int8_dynamic", tmp_path)
+    assert art.status == "verified", art.error
+    ops = art.inspect["ops"]
+    assert ops["DynamicQuantizeLinear"] == 2 and ops["MatMulInteger"] == 2
+    assert art.inspect["weight_dtypes"]["int8"] >= 2
+
+
+def test_export_is_deterministic(mlp, tmp_path):
+    digests = [hashlib.sha256(open(_export(mlp, "int8_static", tmp_path / str(i)).path, "rb").read()).hexdigest()
+               for i in range(2)]
+    assert digests[0] == digests[1]
+
+
+def test_set_threads_reaches_the_session_options(mlp, tmp_path):
+    art = _export(mlp, "fp32", tmp_path)
+    tgt = type(get_target(TARGET))(get_spec(TARGET))  # a private instance: the cached one keeps its defaults
+    tgt.set_threads(1)
+    runner = tgt.load(art.path)
+    assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert tgt.run(runner, mlp.x_verify[:3]).shape == (3, 10)
+
+
+class _Eig(nn.Module):
+    def forward(self, x):  # x (N, 1, 8, 8) -> (N, 8): no ONNX function exists for linalg_eig
+        return torch.linalg.eigvals(x.reshape(-1, 8, 8)).real
+
+
+def test_unsupported_op_names_the_op_and_what_to_try(tmp_path):
+    x = digits_case("mlp").x_verify[:4]
+    with pytest.raises(ConversionError, match=r"onnxruntime target, precision fp32: export step failed on op "
+                                              r"'aten\.linalg_eig'.*Try: "):
+        export(_Eig(), TARGET, "fp32", out=tmp_path / "eig", verify_data=(x, None))
+    assert not (tmp_path / "eig.onnx").exists()  # nothing half-written
+
+
+def test_option_values_are_checked(mlp, tmp_path):
+    with pytest.raises(ValueError, match=r"activations='fp8': valid values are 'int8' and 'uint8'"):
+        _export(mlp, "int8_static", tmp_path, activations="fp8")
+    with pytest.raises(ValueError, match=r"has no option\(s\) \['nhwc'\]; its options: opset"):
+        _export(mlp, "fp32", tmp_path, nhwc=True)
