@@ -11,5 +11,5 @@ targets = ["ondevice.targets"] + ["ondevice.targets." + p for p in find_packages
 setup(
     packages=core + targets,
     package_dir={"ondevice": "ondevice", "ondevice.targets": "targets"},
-    package_data={"ondevice": ["py.typed", "profiles/*.toml", "reports/*.html"]},
+    package_data={"ondevice": ["profiles/*.toml", "bench/*.json"]},
 )

@@ -99,7 +99,7 @@ def export(model, target: str, precision: str = "fp32", *, out: str | Path | Non
         src = calibration if calibration is not None and len(calibration) else (verify_data[0] if verify_data else None)
         if src is None:
             raise ValueError("pass example_inputs=(tensor,), calibration= or verify_data= so the model can be traced")
-        example_inputs = (torch.from_numpy(np.ascontiguousarray(src[:1], dtype=np.float32)),)
+        example_inputs = (torch.from_numpy(np.array(src[:1], dtype=np.float32)),)  # a fresh copy: no 0-strides
     out = Path(out) if out is not None else Path(f"{type(model).__name__}_{target}_{precision}{tgt.spec.suffix}")
     if not str(out).endswith(tgt.spec.suffix):
         out = out.with_name(out.name + tgt.spec.suffix)

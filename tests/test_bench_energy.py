@@ -92,8 +92,7 @@ def test_profile_files_and_names(tmp_path):
     with pytest.raises(ConfigError, match=r"unknown device profile 'midrange_phone'.*Did you mean 'midrange_phone_cpu'"):
         load_profile("midrange_phone")
     f = tmp_path / "mine.toml"
-    f.write_text((load_profile("mcu").path and open(load_profile("mcu").path).read()).replace('name = "mcu"',
-                                                                                            'name = "my_mcu"'))
+    f.write_text(open(load_profile("mcu").path).read().replace('name = "mcu"', 'name = "my_mcu"'))
     assert load_profile(f).name == "my_mcu"
     bad = tmp_path / "bad.toml"
     bad.write_text('name = "x"\nsustained_power_w = "lots"\n')

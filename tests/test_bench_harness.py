@@ -3,7 +3,6 @@ crash isolation with really crashing workers, timeouts, and the report files."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
@@ -143,8 +142,9 @@ def test_crash_isolation(setup, tmp_path):
     bad.write_bytes(b"this is not a protobuf" * 10)
     items = [TorchModelRef("good", f"{s['models']}:mlp"), TorchModelRef("raises", f"{s['models']}:crash_on_load"),
              TorchModelRef("aborts", f"{s['models']}:abort_in_forward"), str(bad)]
-    rep = bench(items, data=(s["x"][1400:1500], s["y"][1400:1500]), config=BenchConfig(threads=(1,), **FAST),
-                out_dir=tmp_path / "out")
+    rep = bench(items, data=(s["x"][1400:1500], s["y"][1400:1500]),
+                config=BenchConfig(threads=(1,), max_workers=2, **FAST), out_dir=tmp_path / "out")
+    assert rep["schedule"]["groups"] == 2  # 4 workers, at most 2 alive at once
     good, raises, aborts, corrupt = rep["items"]
     assert good["status"] == "ok" and good["runs"][0]["latency"]["n"] >= 16 and good["accuracy"]["n"] == 100
     assert raises["status"] == "failed"
@@ -191,3 +191,12 @@ def test_unknown_command_is_reported_not_fatal(setup, tmp_path):
         assert len(ns) == 5 and all(v > 0 for v in ns)
     finally:
         w.close()
+
+
+def test_worker_groups():
+    from ondevice.bench.harness import _groups
+
+    items = list(range(5))
+    assert _groups(items, 2, 16) == [[0, 1, 2, 3, 4]]
+    assert _groups(items, 2, 4) == [[0, 1], [2, 3], [4]]  # every thread count of an item stays in one group
+    assert _groups(items, 3, 2) == [[0], [1], [2], [3], [4]]  # at least one item per group

@@ -375,7 +375,14 @@ def test_mil_kernels_and_value_inference_fallback(target, tmp_path):
         ga = mb.gather(x=sl, indices=np.array([3, 0], np.int32), axis=1)  # (2, 2, 4)
         p = mb.pad(x=ga, pad=np.array([0, 0, 1, 1, 0, 0], np.int32), mode="reflect")  # (2, 4, 4)
         out = mb.concat(values=[mb.transpose(x=p, perm=[0, 2, 1]), mb.expand_dims(x=am, axes=[1])], axis=1)
-        return mb.reshape(x=out, shape=[2, 20], name="out")  # (2, 5, 4) -> (2, 20)
+        # more native kernels: prelu (per channel), split, quantize -> dequantize (int8, zero point 3)
+        pr = mb.prelu(x=mb.expand_dims(x=x, axes=[-1]), alpha=np.array([0.1, 0.2, 0.3], np.float32))  # (2, 3, 4, 1)
+        pr = mb.squeeze(x=pr, axes=[-1])  # (2, 3, 4)
+        s1, s2 = mb.split(x=pr, split_sizes=[1, 2], axis=1)  # (2, 1, 4), (2, 2, 4)
+        q = mb.quantize(input=s2, scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8")
+        dq = mb.dequantize(input=q, scale=np.float32(0.05), zero_point=np.int8(3))  # (2, 2, 4)
+        out = mb.concat(values=[out, s1, dq], axis=1)  # (2, 8, 4)
+        return mb.reshape(x=out, shape=[2, 32], name="out")
 
     path = _save_program(prog, tmp_path / "mil_ops.mlpackage", "iOS18")
     runner = target.load(path)
@@ -393,11 +400,14 @@ def test_mil_kernels_and_value_inference_fallback(target, tmp_path):
     am = x64.argmax(1).astype(np.float64)
     c = np.concatenate([att, np.tile(rs, (1, 1, 4)), s], 1)[:, 1:9:2]
     p = np.pad(c[:, [3, 0]], [(0, 0), (1, 1), (0, 0)], mode="reflect")
-    want = np.concatenate([p.transpose(0, 2, 1), am[:, None]], 1).reshape(2, 20)
+    pr = np.where(x64 > 0, x64, x64 * np.array([0.1, 0.2, 0.3]).reshape(1, 3, 1))
+    dq = (np.clip(np.round(pr[:, 1:] / 0.05) + 3, -128, 127) - 3) * 0.05
+    want = np.concatenate([p.transpose(0, 2, 1), am[:, None], pr[:, :1], dq], 1).reshape(2, 32)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     how = target.inspect(path)["evaluator_ops"]
     assert {how[k] for k in ("scaled_dot_product_attention", "reduce_log_sum_exp", "reduce_argmax", "gelu", "concat",
-                             "slice_by_index", "transpose", "reshape")} == {"numpy"}
+                             "slice_by_index", "transpose", "reshape", "prelu", "split", "quantize",
+                             "dequantize")} == {"numpy"}
     assert {how[k] for k in ("tile", "gather", "pad")} == {"value_inference"}  # coremltools' own, values bound
 
 

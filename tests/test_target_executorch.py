@@ -106,6 +106,24 @@ def test_export_is_deterministic(mlp, tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.slow
+def test_ptq_quantizer_without_qat_patterns_gives_identical_programs(tmp_path):
+    """ptq_quantizer drops the QAT-only conv+BatchNorm patterns; on a conv+BN model the .pte is byte-identical."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    case = digits_case("conv_bn")
+    tgt, prec = get_target(TARGET), get_precision("int8_static")
+    ex = (torch.from_numpy(case.calibration[:1]),)
+    stock = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    blobs = []
+    for i, quantizer in enumerate((None, stock)):
+        path = tgt.export(tgt.quantize(case.model, prec, ex, case.calibration, quantizer=quantizer), prec, ex,
+                          tmp_path / f"{i}.pte")
+        blobs.append(path.read_bytes())
+    assert blobs[0] == blobs[1]
+
+
 class _DataDependent(nn.Module):
     def forward(self, x):  # Python control flow on a tensor value: torch.export cannot capture it
         return x.flatten(1)[:, :10] if x.sum() > 0 else -x.flatten(1)[:, :10]

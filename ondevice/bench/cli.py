@@ -81,6 +81,9 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--min-seconds", type=float, help="override the mode's minimum measured seconds per variant")
     g.add_argument("--max-seconds", type=float, help="override the mode's cap on measured seconds per variant")
     g.add_argument("--timeout", type=float, default=600.0, help="seconds allowed for any one worker step (default 600)")
+    g.add_argument("--max-workers", type=int, default=16,
+                   help="worker processes alive at once (default 16); more items are measured in groups, "
+                        "interleaved within each group")
     g.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of synthetic inputs (default 0)")
     g.add_argument("--no-accuracy", action="store_true", help="skip the accuracy pass")
     g = p.add_argument_group("energy")
@@ -172,7 +175,8 @@ def main(args: argparse.Namespace) -> int:
             mode=args.mode, threads=args.threads, batch_size=args.batch_size, min_queries=args.min_queries,
             min_seconds=args.min_seconds, max_seconds=args.max_seconds, profiles=args.profiles,
             accuracy=not args.no_accuracy, accuracy_samples=args.limit, input_shape=args.input_shape,
-            input_dtype=args.input_dtype, seed=args.seed, timeout_s=args.timeout, plots=not args.no_plots)
+            input_dtype=args.input_dtype, seed=args.seed, timeout_s=args.timeout, max_workers=args.max_workers,
+            plots=not args.no_plots)
         teacher = _model_ref(args.teacher, "teacher") if args.teacher else None
         if teacher and args.teacher_weights:
             teacher.weights = args.teacher_weights

@@ -31,6 +31,8 @@ class BenchConfig:
     accuracy_samples: test samples for accuracy (None: the whole given test set)
     latency_samples:  distinct real samples cycled through during timing
     timeout_s:        limit for any one worker command (import, load, a chunk, the accuracy pass)
+    max_workers:      worker processes alive at once; more items are measured in groups (interleaved within
+                      a group, groups one after another), which bounds memory (each worker holds a runtime)
     """
 
     mode: str = "quick"
@@ -51,6 +53,7 @@ class BenchConfig:
     seed: int = 0
     n_boot: int = 2000
     timeout_s: float = 600.0
+    max_workers: int = 16
     plots: bool = True
 
     def __post_init__(self) -> None:
@@ -66,6 +69,8 @@ class BenchConfig:
             raise ValueError(f"threads must be positive integers, got {self.threads}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_workers < 1:
+            raise ValueError(f"max_workers must be >= 1, got {self.max_workers}")
         if self.min_queries < 1:
             raise ValueError(f"min_queries must be >= 1, got {self.min_queries}")
         if self.input_shape is not None:

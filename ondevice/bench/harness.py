@@ -1,6 +1,7 @@
 """`bench()`: measure latency, memory, accuracy retention and estimated energy of models and artifacts.
 
-Flow: resolve items -> start one worker per (item, thread count) -> import runtimes (in parallel) -> load
+Flow: resolve items -> start one worker per (item, thread count), at most `max_workers` at once (items in
+groups beyond that) -> import runtimes (in parallel) -> load
 models (one at a time) -> warm up -> interleaved timed rounds -> run-peak memory -> accuracy pass over the test
 set (one worker per item) -> MAC counting on the eager models -> energy estimates per device profile ->
 report.json / report.md / report.html written atomically.
@@ -8,10 +9,10 @@ report.json / report.md / report.html written atomically.
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,6 +128,25 @@ def _broadcast(variants: list[_Variant], cmd: str, timeout: float, per_variant: 
     return replies
 
 
+@dataclass
+class _Results:
+    """What the groups of workers measured, merged (item index or (item, threads) keys)."""
+
+    infos: dict = field(default_factory=dict)
+    progress: dict = field(default_factory=dict)
+    schedule: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)
+    acc_errors: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)
+    graph_errors: dict = field(default_factory=dict)
+
+
+def _groups(items: list[Item], n_threads: int, max_workers: int) -> list[list[int]]:
+    """Item indices in groups of at most max_workers workers (every thread count of an item in one group)."""
+    per = max(1, max_workers // n_threads)
+    return [list(range(i, min(i + per, len(items)))) for i in range(0, len(items), per)]
+
+
 def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profile], work: Path,
          machine_before: dict) -> dict:
     n_lat = min(len(ds.x), config.latency_samples)
@@ -135,30 +155,33 @@ def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profil
     n_eval = len(ds.x) if config.accuracy_samples is None else min(len(ds.x), config.accuracy_samples)
     eval_y = ds.y[:n_eval] if ds.y is not None else None
     np.save(eval_path, ds.x[:n_eval])
+    paths = {"latency": lat_path, "eval": eval_path, "work": work}
+
+    variants = [_Variant(i, it, t) for i, it in enumerate(items) for t in config.threads]
+    res = _Results()
+    groups = _groups(items, len(config.threads), config.max_workers)
+    for g, idxs in enumerate(groups):
+        group = [v for v in variants if v.idx in idxs]
+        for v in group:
+            v.worker = Worker(v.threads, label=f"{v.item.label}@{v.threads}t")
+        log.info("group %d/%d: started %d workers for %s x threads %s", g + 1, len(groups), len(group),
+                 [items[i].label for i in idxs], list(config.threads))
+        try:
+            _measure_group(items, idxs, group, ds, n_eval, paths, config, res)
+        finally:
+            for v in group:
+                if v.worker is not None:
+                    v.worker.close()
+    machine_after = machine_record()
+    return _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res, len(groups),
+                     machine_before, machine_after)
+
+
+def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant], ds: Data, n_eval: int,
+                   paths: dict, config: BenchConfig, res: _Results) -> None:
     timeout = config.timeout_s
-
-    # --- start workers: every thread count for measurable items; one for the rest ---------------------------
-    variants: list[_Variant] = []
-    for i, it in enumerate(items):
-        for t in config.threads:
-            v = _Variant(i, it, t)
-            variants.append(v)
-    for v in variants:
-        v.worker = Worker(v.threads, label=f"{v.item.label}@{v.threads}t")
-    log.info("started %d workers for %d items x threads %s", len(variants), len(items), list(config.threads))
-    try:
-        return _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, config, profiles, work,
-                        machine_before, timeout)
-    finally:
-        for v in variants:
-            if v.worker is not None:
-                v.worker.close()
-
-
-def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, config, profiles, work,
-             machine_before, timeout) -> dict:
     init_kw = {v.key: {"engine": v.item.engine, "threads": v.threads} for v in variants}
-    for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(lat_path),
+    for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(paths["latency"]),
                            batch_size=config.batch_size).items():
         next(v for v in variants if v.key == k).init = r
     # items without a runtime here keep only their first worker (for numerics through the reference evaluator)
@@ -177,12 +200,11 @@ def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, co
         except WorkerError as e:
             v.fail("load", e)
 
-    infos: dict[int, dict] = {}
     for v in live():
-        if v.idx in infos:
+        if v.idx in res.infos:
             continue
         try:
-            infos[v.idx] = v.worker.request("info", timeout)
+            res.infos[v.idx] = v.worker.request("info", timeout)
         except WorkerError as e:
             v.fail("info", e)
 
@@ -212,6 +234,8 @@ def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, co
     timed_keys = [v.key for v in timed if v.alive]
     log.info("timing %d variants in interleaved rounds (%s mode)", len(timed_keys), config.mode)
     progress, schedule = interleave(run_chunk, timed_keys, rule)
+    res.progress.update(progress)
+    res.schedule.extend(schedule)
 
     for v in timed:
         if v.alive:
@@ -221,41 +245,34 @@ def _measure(items, variants, ds, eval_y, n_lat, n_eval, lat_path, eval_path, co
                 v.fail("memory", e)
 
     # --- accuracy: one pass over the test set per item ---------------------------------------------------------
-    outputs: dict[int, np.ndarray] = {}
-    acc_errors: dict[int, dict] = {}
     if config.accuracy and not ds.synthetic:  # synthetic inputs have no labels and no meaningful outputs
-        for i, it in enumerate(items):
-            cands = [v for v in live() if v.idx == i]
+        for i in idxs:
+            cands = live([v for v in variants if v.idx == i])
             if not cands:
                 continue
             v = cands[0]
-            out_path = work / f"outputs_{i}.npy"
+            out_path = paths["work"] / f"outputs_{i}.npy"
             try:
-                v.worker.request("predict", timeout, x=str(eval_path), out=str(out_path),
+                v.worker.request("predict", timeout, x=str(paths["eval"]), out=str(out_path),
                                  batch_size=max(config.batch_size, 64))
-                outputs[i] = np.load(out_path)
-                log.info("accuracy pass done for %s (%d samples)", it.label, n_eval)
+                res.outputs[i] = np.load(out_path)
+                log.info("accuracy pass done for %s (%d samples)", items[i].label, n_eval)
             except WorkerError as e:
                 v.fail("accuracy", e)
-                acc_errors[i] = _err("accuracy", e, v.threads)
+                res.acc_errors[i] = _err("accuracy", e, v.threads)
 
     # --- MAC / activation counts of the eager models ------------------------------------------------------------
-    graphs: dict[int, dict] = {}
-    graph_errors: dict[int, str] = {}
-    for i, it in enumerate(items):
-        if it.kind != "pytorch":
+    for i in idxs:
+        if items[i].kind != "pytorch":
             continue
-        cands = [v for v in live() if v.idx == i]
+        cands = live([v for v in variants if v.idx == i])
         if not cands:
-            graph_errors[i] = "its worker failed"
+            res.graph_errors[i] = "its worker failed"
             continue
         try:
-            graphs[i] = cands[0].worker.request("graph", timeout, x=str(lat_path))
+            res.graphs[i] = cands[0].worker.request("graph", timeout, x=str(paths["latency"]))
         except WorkerError as e:
-            graph_errors[i] = str(e)
-    machine_after = machine_record()
-    return _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, infos, progress, schedule,
-                     outputs, acc_errors, graphs, graph_errors, machine_before, machine_after)
+            res.graph_errors[i] = str(e)
 
 
 def _pareto(points: list[tuple[str, float, float]]) -> list[str]:
@@ -275,8 +292,10 @@ def _source_index(items: list[Item]) -> int | None:
     return None
 
 
-def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, infos, progress, schedule, outputs,
-              acc_errors, graphs, graph_errors, machine_before, machine_after) -> dict:
+def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res: _Results, n_groups: int,
+              machine_before, machine_after) -> dict:
+    infos, progress, schedule, outputs = res.infos, res.progress, res.schedule, res.outputs
+    acc_errors, graphs, graph_errors = res.acc_errors, res.graphs, res.graph_errors
     mlabel = measured_label(machine_before)
     rapl_zones, rapl_reason = host_energy_source()
     ref_idx = next((i for i, it in enumerate(items) if it.role == "teacher" and i in outputs), None)
@@ -422,7 +441,8 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, info
         "reference": ref_label,
         "retention_chain": chain,
         "pareto": {"threads": t0, "front": _pareto(points)},
-        "schedule": {"rounds": len(schedule), "rotate": True,
+        "schedule": {"rounds": len(schedule), "rotate": True, "groups": n_groups,
+                     "max_workers": config.max_workers,
                      "first_rounds": [[f"{lab[k]}@{k[1]}t" for k in rnd] for rnd in schedule[:6]],
                      "stop_rule": {"min_queries": config.min_queries, "min_seconds": config.min_seconds,
                                    "max_seconds": config.max_seconds}},

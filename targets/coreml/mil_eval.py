@@ -895,14 +895,17 @@ def load_spec(path: str | Path):
 
 
 def evaluator_coverage() -> dict[str, list[str]]:
-    """Op types evaluated by this module's NumPy kernels, and those delegated to coremltools' value_inference."""
+    """Op types this module evaluates: by its own NumPy kernels, by coremltools' value_inference with runtime
+    values bound, and the weight-decompression (constexpr_*) ops materialized when the evaluator is built."""
     from coremltools.converters.mil.mil.operation import Operation
     from coremltools.converters.mil.mil.ops.registry import SSAOpRegistry
 
-    fallback = []
+    fallback, constexpr = [], []
     for name, versions in SSAOpRegistry.core_ops.items():
-        if name in KERNELS or name in _NO_FALLBACK:
+        if name.startswith("constexpr_"):
+            constexpr.append(name)
+        elif name in KERNELS or name in _NO_FALLBACK or name == "const":
             continue
-        if any(cls.value_inference is not Operation.value_inference for cls in versions.values()):
+        elif any(cls.value_inference is not Operation.value_inference for cls in versions.values()):
             fallback.append(name)
-    return {"numpy": sorted(KERNELS), "value_inference": sorted(fallback)}
+    return {"numpy": sorted(KERNELS), "value_inference": sorted(fallback), "constexpr": sorted(constexpr)}
