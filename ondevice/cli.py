@@ -69,7 +69,6 @@ def _cmd_distill(a) -> int:
 
 
 def _print_distill_summary(r: dict, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"distillation results (measured on {r['measured_on']['cpu_model']}, test set n={r['student']['test_n']})")
@@ -192,7 +191,6 @@ def _artifact_line(art) -> str:
 
 
 def _print_export_table(arts, out: Path) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title="exports (measured in each target's runtime on held-out real samples)")

@@ -41,14 +41,32 @@ def param_count(model: nn.Module, *, trainable_only: bool = False) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- building
+def _import_file(path_str: str, ref: str):
+    """Import a user's model file given as 'path/to/file.py' (the `file.py:factory` form of a model reference)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(path_str).expanduser().resolve()
+    if not path.is_file():
+        raise ConfigError(f"model reference {ref!r}: file {path} does not exist")
+    name = f"_ondevice_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
     if ":" not in ref:
         return MODELS.get(ref)  # unknown names list the valid ones
-    mod_name, _, attr = ref.partition(":")
+    mod_name, _, attr = ref.rpartition(":")
     if not mod_name or not attr:
-        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory'")
+        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory' or 'path/file.py:factory'")
     try:
-        module = importlib.import_module(mod_name)
+        module = _import_file(mod_name, ref) if mod_name.endswith(".py") else importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         raise ConfigError(f"model reference {ref!r}: cannot import module {mod_name!r} ({e}); check the spelling "
                           "and that its folder is on PYTHONPATH or the package is installed") from e
@@ -65,7 +83,8 @@ def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
 
 
 def build_model(ref: str, *, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Build a model from a registry name or ``package.module:factory``, optionally loading a state dict.
+    """Build a model from a registry name, ``package.module:factory`` or ``path/file.py:factory``, optionally
+    loading a state dict.
 
     ``kwargs`` go to the factory. ``weights`` is a file saved with ``torch.save(model.state_dict(), path)`` (also
     accepted: a dict holding it under "state_dict" or "model"); it is read with ``weights_only=True``.

@@ -281,7 +281,6 @@ def console():
 
 
 def print_summary(res: PipelineResult) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     r = res.report
@@ -300,7 +299,7 @@ def print_summary(res: PipelineResult) -> None:
     t = Table(title="artifacts: measured here unless marked est. (estimated on device profile "
                     f"{prof})")
     for c in ("target", "precision", "status", "size", "SQNR dB", "acc", "retention", "p50 ms", "p90 ms",
-              f"est. ms", "est. mJ", "gates"):
+              "est. ms", "est. mJ", "gates"):
         t.add_column(c)
 
     def f(v, fmt):

@@ -2,7 +2,6 @@
 kill, NaN stop, corrupted checkpoints, and torchrun data parallelism matching one process."""
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -31,63 +30,11 @@ _RUNTIME_MODULES = {
 }
 
 
-def _unwrap_state_dict(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model_state_dict", "model"):
-            if key in obj and isinstance(obj[key], dict):
-                return obj[key]
-    return obj
-
-
-def _load_factory(ref: str):
-    """"pkg.mod:factory" or "/path/to/file.py:factory" -> the callable."""
-    mod_name, _, attr = ref.rpartition(":")
-    if not mod_name or not attr:
-        raise ValueError(f"model reference {ref!r} is neither a registry name nor 'pkg.module:factory' / "
-                         f"'path/to/file.py:factory'")
-    if mod_name.endswith(".py"):
-        path = Path(mod_name).expanduser().resolve()
-        if not path.is_file():
-            raise FileNotFoundError(f"model file {path} (from reference {ref!r}) does not exist")
-        spec = importlib.util.spec_from_file_location(f"_ondevice_user_{path.stem}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(mod_name)
-    try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise AttributeError(f"{mod_name} has no attribute {attr!r} (from model reference {ref!r})") from None
-
-
 def build_torch_model(ref: str, weights: str | None = None, kwargs: dict | None = None):
-    """Rebuild an eager model from a reference: an `ondevice.models` registry name or a factory path.
+    """Rebuild an eager model: a registry name, "pkg.mod:factory" or "path/file.py:factory" (ondevice.models)."""
+    from ondevice.models import build_model
 
-    Uses `ondevice.models.build_model(ref, weights=..., **kwargs)` when that module is installed; a file-path
-    factory ("file.py:make") and, without ondevice.models, a module factory ("pkg.mod:make") are built here and
-    their weights loaded with `torch.load(..., weights_only=True)`.
-    """
-    kwargs = dict(kwargs or {})
-    is_file_ref = ".py:" in ref
-    if not is_file_ref:
-        try:
-            from ondevice.models import build_model
-        except ImportError:
-            build_model = None
-        if build_model is not None:
-            model = build_model(ref, weights=weights, **kwargs)
-            return model.eval()
-        if ":" not in ref:
-            raise ImportError(f"model {ref!r} looks like a registry name, but ondevice.models is not available; "
-                              f"pass a factory as 'pkg.module:function' or 'path/to/file.py:function'")
-    import torch
-
-    model = _load_factory(ref)(**kwargs)
-    if weights:
-        sd = _unwrap_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        model.load_state_dict(sd)
-    return model.eval()
+    return build_model(ref, weights=weights, **dict(kwargs or {})).eval()
 
 
 class TorchEngine:
@@ -102,7 +49,7 @@ class TorchEngine:
         self.model = None
 
     def prepare(self) -> None:
-        import torch  # noqa: F401
+        import torch  # noqa: F401  (imported before the memory baseline)
 
     def set_threads(self, n: int) -> None:
         import torch
