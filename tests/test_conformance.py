@@ -21,12 +21,11 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import conformance_models as cm
 from ondevice.errors import MissingBackendError
-from ondevice.export import export, torch_outputs
+from ondevice.export import export, run_target, torch_outputs
 from ondevice.io import atomic_write_json, machine_record
 from ondevice.target import get_spec, get_target, target_names
 from ondevice.verify import compare, thresholds_for
@@ -138,16 +137,17 @@ def test_conformance(target, precision, model, request, tmp_path, conformance_re
     assert art.size_bytes and art.size_bytes > 0
     assert art.inspect["num_ops"] > 0 and sum(art.inspect["ops"].values()) > 0
 
-    # A fresh load of the written artifact in the real runtime (the Core ML target: its reference evaluator),
-    # run with an odd batch size, still agrees with PyTorch.
-    x = case.x_verify[:5]
-    y = tgt.run(tgt.load(art.path), x)
-    assert y.shape == (5, 10) and np.all(np.isfinite(y))
-    th = thresholds_for(tgt.precision(precision))
-    cmp = compare(torch_outputs(case.model, x), y,
-                  thresholds=th if th.rtol is not None or th.atol is not None else
-                  th.override(min_top1_agreement=0.0))  # top-1 on 5 samples is too coarse; SQNR still applies
-    assert cmp.passed, f"reloaded artifact: {'; '.join(cmp.failures)} [{cmp.summary()}]"
+    # A fresh load of the written artifact in the real runtime (for Core ML on Linux: its reference evaluator),
+    # fed in batches of 7 (not the 64 the verb used, and not a divisor of 359 or 1000) passes the same thresholds.
+    t1 = time.perf_counter()
+    runner = tgt.load(art.path)
+    actual = run_target(tgt, runner, case.x_verify, batch_size=7)
+    record["reload_seconds"] = time.perf_counter() - t1
+    again = compare(torch_outputs(case.model, case.x_verify), actual, case.y_verify,
+                    thresholds_for(tgt.precision(precision)))
+    record["reload_batch7"] = {"sqnr_db": again.sqnr_db, "top1_agreement": again.top1_agreement,
+                               "passed": again.passed}
+    assert again.passed, f"reloaded artifact, batches of 7: {'; '.join(again.failures)} [{again.summary()}]"
 
 
 # ------------------------------------------------------------------------------------------------ around it
