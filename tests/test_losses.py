@@ -393,3 +393,22 @@ def test_student_only_training_needs_no_teacher():
     total, parts = loss(inputs([[2.0, 0.0]], None, [0]))
     assert total.item() == pytest.approx(math.log(1 + math.exp(-2.0)), rel=1e-6)
     assert parts == {"ce": pytest.approx(total.item())}
+
+
+def test_standardized_kd_matches_shape_not_scale():
+    """Sun et al. 2024: after per-sample z-scoring, a student whose logits are a positive affine map of the teacher's
+    has zero loss, and scaling/shifting the teacher's logits changes nothing; plain KD sees both as different."""
+    torch.manual_seed(0)
+    t = torch.randn(8, 10) * 30.0  # an over-confident teacher (logit spread ~30, like the ccexam MNIST CNN)
+    s = 0.1 * t + 2.0  # same shape, a tenth of the scale
+    std_kd = build_loss([{"name": "kd", "weight": 1.0, "temperature": 4.0, "standardize": True}])
+    plain = build_loss([{"name": "kd", "weight": 1.0, "temperature": 4.0}])
+    y = t.argmax(1)
+    assert std_kd(LossInputs(s, t, y))[0].item() < 1e-6
+    assert plain(LossInputs(s, t, y))[0].item() > 1.0
+    s2 = torch.randn(8, 10)
+    a = std_kd(LossInputs(s2, t, y))[0]
+    b = std_kd(LossInputs(s2, 3.0 * t - 7.0, y))[0]
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"losses\[0\]\.standardize: expected true or false, got 'yes'"):
+        build_loss([{"name": "kd", "standardize": "yes"}])
