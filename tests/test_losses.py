@@ -332,7 +332,7 @@ def test_unknown_loss_name_lists_valid_ones():
         ({"name": "dkd", "beta": -1.0}, r"losses\[0\]\.beta: expected a finite number >= 0, got -1\.0 \(float\)"),
         ({"name": "kd", "weight": "0.5"}, r"losses\[0\]\.weight: expected a finite number >= 0, got '0\.5' \(str\)"),
         ({"name": "kd", "temprature": 4}, r"losses\[0\]\.temprature: unknown parameter for loss 'kd'; valid "
-                                          r"parameters: name, temperature, weight"),
+                                          r"parameters: name, standardize, temperature, weight"),
         ({"name": "fitnets", "teacher_layer": "x"}, r"losses\[0\]\.student_layer: expected a module path string.*"
                                                     r"got nothing \(required by loss 'fitnets'\)"),
         ({"name": "fitnets", "student_layer": "a", "teacher_layer": "b", "regressor": "mlp"},
