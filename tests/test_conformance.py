@@ -2,13 +2,13 @@
 
 Each case runs the real verb `ondevice.export.export` (quantize -> convert -> load in the real runtime -> run
 held-out real samples -> compare with PyTorch) with real calibration samples and the precision's default
-thresholds, then reloads the artifact and runs it again with an odd batch size. Targets are picked up through
-`ondevice.target.target_names()`, so a new target folder joins the matrix without editing this file.
+thresholds, then loads the written artifact afresh and verifies it again, fed in batches of 7. Targets are picked
+up through `ondevice.target.target_names()`, so a new target folder joins the matrix without editing this file.
 
 Default run: every target x every precision on the MLP and the example student (QUICK_MODELS). The other models
-are marked `slow` (run them with `-m slow` or with no marker filter). A JSON report of every case that ran (size,
-SQNR, top-1 agreement, accuracy, op coverage, seconds) is written atomically at the end of the session to
-$ONDEVICE_CONFORMANCE_REPORT, else build/conformance.json.
+are marked `slow` (`pytest -m slow` runs them, `pytest -m "slow or not slow"` the whole matrix). A JSON report
+of every case that ran (size, SQNR, top-1 agreement, accuracy, op coverage, seconds) is written atomically at the
+end of the session to $ONDEVICE_CONFORMANCE_REPORT, else build/conformance.json.
 
 Known converter/runtime limits live in ONE table, EXPECTED_FAILURES, each marked xfail(strict=True): a case that
 starts passing is reported as XPASS(strict) -> failure, so the table cannot go stale silently.
@@ -168,6 +168,22 @@ def test_expected_failures_table_names_real_cases():
         assert precision in get_spec(target).precisions, f"{target} has no precision {precision!r}"
         assert model == "*" or model in cm.MODEL_NAMES, f"unknown model {model!r}"
         assert len(reason) > 40, f"give a precise reason for {(target, precision, model)}"
+
+
+def test_matrix_marks_slow_models_and_strict_expected_failures(monkeypatch):
+    """Every (target, precision, model) is a case; non-quick models are slow; a table entry becomes a strict xfail
+    (a wildcard entry covers every model of that target/precision)."""
+    monkeypatch.setitem(EXPECTED_FAILURES, ("onnxruntime", "fp16", "*"), "example reason " * 4)
+    params = {p.id: p for p in _cases()}
+    expected = {f"{t}-{p}-{m}" for t in target_names() for p in get_spec(t).precisions for m in cm.MODEL_NAMES}
+    assert set(params) == expected
+    marks = {name: [m for m in p.marks] for name, p in params.items()}
+    assert [m.name for m in marks["onnxruntime-fp32-mlp"]] == []
+    assert [m.name for m in marks["onnxruntime-fp32-transformer"]] == ["slow"]
+    xfail = [m for m in marks["onnxruntime-fp16-student"] if m.name == "xfail"]
+    assert xfail and xfail[0].kwargs == {"strict": True, "reason": "example reason " * 4}
+    assert any(m.name == "xfail" for m in marks["onnxruntime-fp16-conv_bn"])
+    assert not any(m.name == "xfail" for m in marks["onnxruntime-fp32-conv_bn"])
 
 
 def test_conformance_models_are_trained_on_real_data():

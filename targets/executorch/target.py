@@ -4,8 +4,9 @@ executorch.runtime.
 Precisions (README.md has what each produces and what was measured here):
   fp32          fp32 program, every supported op delegated to XNNPACK
   int8_dynamic  PT2E with XNNPACKQuantizer + get_symmetric_quantization_config(is_per_channel=True, is_dynamic=True):
-                int8 per-channel weights on linear and conv layers, activations quantized at run time per tensor
-                (XNNPACK qd8 kernels); everything else stays fp32
+                int8 per-channel weights where the quantizer's dynamic patterns apply (Linear and 1x1 conv layers in
+                the models tested), activations quantized at run time per tensor (XNNPACK qd8 kernels); the rest
+                stays fp32
   int8_static   PT2E with get_symmetric_quantization_config(is_per_channel=True): int8 per-channel weights and int8
                 activations whose ranges come from the real calibration samples (HistogramObserver)
 
@@ -131,7 +132,8 @@ class EtRunner:
 class ExecuTorchTarget(Target):
     def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
                  *, quantizer=None, **options):
-        """PT2E quantization; `quantizer` (not a user option, for tests) replaces the default PTQ quantizer."""
+        """PT2E quantization. `quantizer` (when calling the target directly; not a verb option) replaces the default
+        `ptq_quantizer`, e.g. with a custom torchao PT2E quantizer."""
         if precision.name == "fp32":
             return model
         import torch

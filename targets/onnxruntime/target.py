@@ -34,6 +34,7 @@ DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound given to the exporter for the symbolic batch dimension
 CALIBRATION_BATCH = 32  # samples per calibration call when the graph has a symbolic batch dimension
 
+
 def _conversion_error(exc: BaseException, stage: str, precision: str, model_name: str) -> ConversionError:
     """Turn an exporter/quantizer exception into a ConversionError that names the op, what was done and what to try."""
     op, cause = summarize_exception(exc)
@@ -87,7 +88,7 @@ class _Reader:
 
     def __init__(self, calibration: np.ndarray, input_name: str, batch: int):
         x = np.ascontiguousarray(calibration, dtype=np.float32)
-        self._feeds = [{input_name: x[i:i + batch]} for i in range(0, len(x) - len(x) % batch or len(x), batch)]
+        self._feeds = [{input_name: x[i:i + batch]} for i in range(0, len(x), batch)]  # (<=batch, ...) each
         self._it = iter(self._feeds)
 
     def get_next(self):
