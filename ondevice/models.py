@@ -191,14 +191,16 @@ def ccexam_mnist_cnn(pretrained: bool = True, num_classes: int = 10) -> nn.Modul
 
 
 class SmallCNN(_FeaturesClassifier):
-    """Small MNIST student, input (B, 1, 28, 28). Defaults: 13,978 params (~30x fewer than the ccexam teacher).
+    """Small MNIST student, input (B, 1, 28, 28). Defaults: 103,018 params (4.1x fewer than the ccexam teacher,
+    11x fewer multiply-accumulates: 0.38 M vs 4.3 M). A 16-unit hidden layer (13,978 params) is too narrow to take in
+    what the teacher knows: distilled, it did worse than on hard labels alone (measured, MNIST).
 
     features: 0 Conv2d(1,c1,3,p1) 1 ReLU 2 MaxPool2 | 3 Conv2d(c1,c2,3,p1) 4 ReLU 5 MaxPool2 -> (B, c2, 7, 7)
     classifier: 0 Linear(c2*49, hidden) 1 ReLU 2 Linear(hidden, 10)  (hidden=0: a single 0 Linear(c2*49, 10))
     Same layout as the teacher, so ``features.3`` pairs with the teacher's ``features.3`` (both at 14x14).
     """
 
-    def __init__(self, channels: Sequence[int] = (8, 16), hidden: int = 16, num_classes: int = 10,
+    def __init__(self, channels: Sequence[int] = (8, 16), hidden: int = 128, num_classes: int = 10,
                  in_channels: int = 1, image_size: int = 28):
         super().__init__()
         c1, c2 = channels

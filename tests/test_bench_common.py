@@ -82,3 +82,20 @@ def train_cnn(models_py: Path, weights: Path, steps: int = 80):
         opt.step()
     torch.save(m.state_dict(), weights)
     return m.eval()
+
+
+def cnn_with_onnx_artifacts(tmp: Path, precisions: tuple[str, ...], *, calibration_n: int | None = None,
+                            verify: slice = slice(1400, None)) -> dict:
+    """The bench setup on real digits: models module (`write_models`), a trained CNN (`tmp/cnn.pt`) and its ONNX
+    Runtime exports `tmp/artifacts/cnn_<precision>.onnx`, calibrated on the first `calibration_n` samples (if
+    given) and verified on `verify`. Returns {"tmp", "models", "weights", "arts", "x", "y"}."""
+    from ondevice.export import export
+
+    models = write_models(tmp)
+    model = train_cnn(models, tmp / "cnn.pt")
+    x, y = digits()
+    arts = tmp / "artifacts"
+    for prec in precisions:
+        export(model, "onnxruntime", prec, out=arts / f"cnn_{prec}.onnx",
+               calibration=None if calibration_n is None else x[:calibration_n], verify_data=(x[verify], y[verify]))
+    return {"tmp": tmp, "models": models, "weights": tmp / "cnn.pt", "arts": arts, "x": x, "y": y}

@@ -10,25 +10,16 @@ import pytest
 from ondevice.bench import BenchConfig, TorchModelRef, bench, validate_report
 from ondevice.bench.worker import Worker, WorkerError
 
-from test_bench_common import FAST, digits, train_cnn, write_models
+from test_bench_common import FAST, cnn_with_onnx_artifacts
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A trained digits CNN (student), an MLP (teacher) and the student's ONNX Runtime exports (fp32, int8)."""
     pytest.importorskip("onnxruntime")
-    from ondevice.export import export
-
-    tmp = tmp_path_factory.mktemp("bench")
-    models = write_models(tmp)
-    model = train_cnn(models, tmp / "cnn.pt")
-    x, y = digits()
-    arts = tmp / "artifacts"
-    for prec in ("fp32", "int8_static"):
-        export(model, "onnxruntime", prec, out=arts / f"cnn_{prec}.onnx", calibration=x[:256],
-               verify_data=(x[1400:], y[1400:]))
-    (arts / "exports.json").write_text("[]")  # what `ondevice export` leaves beside the artifacts: not an artifact
-    return {"tmp": tmp, "models": models, "weights": tmp / "cnn.pt", "arts": arts, "x": x, "y": y}
+    s = cnn_with_onnx_artifacts(tmp_path_factory.mktemp("bench"), ("fp32", "int8_static"), calibration_n=256)
+    (s["arts"] / "exports.json").write_text("[]")  # what `ondevice export` leaves beside the artifacts: not an artifact
+    return s
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,12 @@
 """The command line: complete help for every subcommand, exit codes, and `ondevice export` from a distill folder."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import cli, digits_recipe
+
 SUBCOMMANDS = ["distill", "export", "bench", "run", "gate", "fetch", "targets"]
-
-
-def cli(*args, env=None, timeout=600):
-    e = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ondevice.cli", *args], capture_output=True, text=True, env=e,
-                          timeout=timeout)
 
 
 def test_top_level_help_lists_every_subcommand():
@@ -48,26 +41,8 @@ def test_targets_lists_all_four():
 @pytest.fixture(scope="module")
 def distilled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    (tmp / "r.toml").write_text(f"""
-seed = 0
-output_dir = "{tmp / 'out'}"
-[teacher]
-model = "mlp"
-kwargs = {{ in_features = 64, hidden = [64], num_classes = 10 }}
-[teacher.train]
-epochs = 3
-batch_size = 64
-lr = 1e-2
-[student]
-model = "mlp"
-kwargs = {{ in_features = 64, hidden = [16], num_classes = 10 }}
-[data]
-dataset = "digits"
-[train]
-epochs = 4
-batch_size = 64
-lr = 1e-2
-""")
+    (tmp / "r.toml").write_text(digits_recipe(tmp / "out", threads=None, teacher_hidden=(64,), teacher_lr=1e-2,
+                                              epochs=4))
     p = cli("distill", str(tmp / "r.toml"))
     assert p.returncode == 0, p.stderr
     assert "student (distilled)" in p.stdout

@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 import conformance_models as cm
+from helpers import export_case
 from ondevice.errors import MissingBackendError
-from ondevice.export import export, run_target, torch_outputs
+from ondevice.export import run_target, torch_outputs
 from ondevice.io import atomic_write_json, machine_record
 from ondevice.target import get_spec, get_target, target_names
 from ondevice.verify import compare, thresholds_for
@@ -117,9 +118,7 @@ def test_conformance(target, precision, model, request, tmp_path, conformance_re
               "expected_failure": expected_failure(target, precision, model)}
     t0 = time.perf_counter()
     try:
-        art = export(case.model, target, precision, out=tmp_path / f"{model}_{precision}",
-                     calibration=case.calibration, verify_data=(case.x_verify, case.y_verify),
-                     raise_on_failure=False)
+        art = export_case(case, target, precision, tmp_path, raise_on_failure=False)
     except Exception as e:
         record["error"] = f"{type(e).__name__}: {e}"
         raise

@@ -14,35 +14,10 @@ from ondevice.config import load_recipe
 from ondevice.distill import distill, load_student
 from ondevice.errors import CheckpointError, TrainingDivergedError
 
+from helpers import cli, digits_recipe
+
 PY = sys.executable
-RECIPE = """
-name = "digits-test"
-seed = {seed}
-output_dir = "{out}"
-threads = 1
-
-[teacher]
-model = "mlp"
-kwargs = {{ in_features = 64, hidden = [128, 128], num_classes = 10 }}
-
-[teacher.train]
-epochs = 3
-batch_size = 64
-lr = 3e-3
-
-[student]
-model = "{student}"
-kwargs = {student_kwargs}
-
-[data]
-dataset = "digits"
-augment = {{ shift = {shift} }}
-
-[train]
-epochs = {epochs}
-batch_size = 64
-lr = 1e-2
-
+KD_LOSSES = """
 [[distill.losses]]
 name = "kd"
 weight = 0.9
@@ -56,10 +31,9 @@ weight = 0.1
 
 def write_recipe(tmp_path: Path, name="r.toml", *, out=None, seed=0, epochs=3, shift=0, student="mlp",
                  student_kwargs="{ in_features = 64, hidden = [16], num_classes = 10, dropout = 0.1 }") -> Path:
-    out = out or tmp_path / "out"
     p = tmp_path / name
-    p.write_text(RECIPE.format(seed=seed, out=out, epochs=epochs, shift=shift, student=student,
-                               student_kwargs=student_kwargs))
+    p.write_text(digits_recipe(out or tmp_path / "out", name="digits-test", seed=seed, epochs=epochs, shift=shift,
+                               student=student, student_kwargs=student_kwargs, extra=KD_LOSSES))
     return p
 
 
@@ -67,12 +41,6 @@ def states_equal(a: Path, b: Path) -> bool:
     sa = torch.load(a, weights_only=True)
     sb = torch.load(b, weights_only=True)
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def cli(*args, env=None, cwd=None):
-    e = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([PY, "-m", "ondevice.cli", *args], capture_output=True, text=True, env=e, cwd=cwd,
-                          timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,12 @@
 """Gates: thresholds and baseline regression on report rows; exit codes 0/1/2, JUnit XML, Markdown, GitHub summary."""
 import copy
 import json
-import os
-import subprocess
-import sys
 import xml.etree.ElementTree as ET
+from functools import partial
 
 import pytest
 
+from helpers import cli
 from ondevice.config import GatesSpec
 from ondevice.errors import ConfigError
 from ondevice.gates import check_gates, junit_xml, load_gates_file, markdown_summary, run_gates
@@ -108,9 +107,7 @@ def test_gates_file_validation(tmp_path):
     assert load_gates_file(p).min_accuracy == 0.9
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "ondevice.cli", "gate", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=120)
+_cli = partial(cli, "gate", timeout=120)  # `ondevice gate ...`
 
 
 def test_cli_exit_codes_and_outputs(tmp_path):

@@ -1,43 +1,17 @@
 """`ondevice run`: the whole chain on real data (digits) with the real ONNX Runtime, stage caching, resume, one failing
 target not stopping the others, and the exit codes CI relies on."""
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
 
+import helpers
+from helpers import digits_recipe
 from ondevice.pipeline import run
 from ondevice.target import TargetSpec, register_target, SPECS, _INSTANCES
 
-RECIPE = """
-name = "digits-pipeline"
-seed = 0
-output_dir = "{out}"
-threads = 1
-
-[teacher]
-model = "mlp"
-kwargs = {{ in_features = 64, hidden = [128, 128], num_classes = 10 }}
-
-[teacher.train]
-epochs = 4
-batch_size = 64
-lr = 3e-3
-
-[student]
-model = "mlp"
-kwargs = {{ in_features = 64, hidden = [32], num_classes = 10 }}
-
-[data]
-dataset = "digits"
-
-[train]
-epochs = 6
-batch_size = 64
-lr = 1e-2
-
+PIPELINE = """
 [export]
 calibration_samples = 128
 verify_samples = 300
@@ -60,14 +34,13 @@ power_budget = true
 
 def write(tmp_path, name="r.toml", precisions='["fp32", "int8_static"]', min_accuracy=0.8, out=None):
     p = tmp_path / name
-    p.write_text(RECIPE.format(out=out or tmp_path / "out", precisions=precisions, min_accuracy=min_accuracy))
+    p.write_text(digits_recipe(out or tmp_path / "out", name="digits-pipeline", teacher_epochs=4,
+                               student_kwargs="{ in_features = 64, hidden = [32], num_classes = 10 }", epochs=6,
+                               extra=PIPELINE.format(precisions=precisions, min_accuracy=min_accuracy)))
     return p
 
 
-def cli(*args, env=None):
-    e = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ondevice.cli", *args], capture_output=True, text=True, env=e,
-                          timeout=900)
+cli = partial(helpers.cli, timeout=900)  # `ondevice run` does the whole chain (distill, exports, bench) in one call
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from test_bench_common import FAST, digits, train_cnn, write_models
+from test_bench_common import FAST, cnn_with_onnx_artifacts
 
 pytestmark = pytest.mark.browser
 
@@ -22,16 +22,12 @@ DRIVER = shutil.which("chromedriver")
 def report_html(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     from ondevice.bench import BenchConfig, TorchModelRef, bench
-    from ondevice.export import export
 
-    tmp = tmp_path_factory.mktemp("browser")
-    models = write_models(tmp)
-    model = train_cnn(models, tmp / "cnn.pt")
-    x, y = digits()
-    export(model, "onnxruntime", "fp32", out=tmp / "arts" / "cnn_fp32.onnx", verify_data=(x[1400:1500], y[1400:1500]))
-    rep = bench([tmp / "arts"], data=(x[1400:], y[1400:]), teacher=TorchModelRef("teacher", f"{models}:mlp"),
-                student=TorchModelRef("student", f"{models}:cnn", weights=str(tmp / "cnn.pt")),
-                config=BenchConfig(threads=(1,), **FAST), out_dir=tmp / "report")
+    s = cnn_with_onnx_artifacts(tmp_path_factory.mktemp("browser"), ("fp32",), verify=slice(1400, 1500))
+    x, y, models = s["x"], s["y"], s["models"]
+    rep = bench([s["arts"]], data=(x[1400:], y[1400:]), teacher=TorchModelRef("teacher", f"{models}:mlp"),
+                student=TorchModelRef("student", f"{models}:cnn", weights=str(s["weights"])),
+                config=BenchConfig(threads=(1,), **FAST), out_dir=s["tmp"] / "report")
     return Path(rep["files"]["html"])
 
 

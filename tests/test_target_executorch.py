@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from conformance_models import digits_case
+from helpers import export_case
 from ondevice.errors import ConfigError, ConversionError
 from ondevice.export import export, torch_outputs
 from ondevice.precision import get_precision
@@ -26,13 +27,8 @@ def mlp():
     return digits_case("mlp")
 
 
-def _export(case, precision, tmp_path, **options):
-    return export(case.model, TARGET, precision, out=tmp_path / f"{case.name}_{precision}",
-                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify), **options)
-
-
 def test_fp32_is_fully_delegated_and_matches_torch(mlp, tmp_path):
-    art = _export(mlp, "fp32", tmp_path)
+    art = export_case(mlp, TARGET, "fp32", tmp_path)
     assert art.status == "verified", art.error
     info = art.inspect
     assert info["delegated_ops"]["XNNFullyConnected"] == 2
@@ -49,17 +45,17 @@ def test_fp32_is_fully_delegated_and_matches_torch(mlp, tmp_path):
 
 
 def test_batch_option_pads_the_last_chunk(mlp, tmp_path):
-    art = _export(mlp, "fp32", tmp_path, batch=4)
+    art = export_case(mlp, TARGET, "fp32", tmp_path, batch=4)
     assert art.inspect["inputs"][0]["shape"] == [4, 1, 8, 8]
     tgt = get_target(TARGET)
     x = mlp.x_verify[:10]  # 4 + 4 + 2 (padded to 4)
     np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match=r"option batch=0: must be >= 1"):
-        _export(mlp, "fp32", tmp_path, batch=0)
+        export_case(mlp, TARGET, "fp32", tmp_path, batch=0)
 
 
 def test_int8_static_has_per_channel_int8_weights(mlp, tmp_path):
-    art = _export(mlp, "int8_static", tmp_path)
+    art = export_case(mlp, TARGET, "int8_static", tmp_path)
     assert art.status == "verified", art.error
     assert art.inspect["xnnpack_weight_dtypes"] == {"qcint8": 2, "qcint32": 2}  # per-channel weights and biases
     assert art.inspect["num_non_delegated_ops"] == 0
@@ -83,7 +79,7 @@ def test_int8_static_ranges_come_from_the_calibration_samples(mlp):
 
 
 def test_int8_dynamic_quantizes_linear_weights_and_activations_at_run_time(mlp, tmp_path):
-    art = _export(mlp, "int8_dynamic", tmp_path)
+    art = export_case(mlp, TARGET, "int8_dynamic", tmp_path)
     assert art.status == "verified", art.error
     info = art.inspect
     assert info["xnnpack_weight_dtypes"]["qcint8"] == 2  # both Linear weights, per channel
@@ -92,7 +88,7 @@ def test_int8_dynamic_quantizes_linear_weights_and_activations_at_run_time(mlp, 
 
 def test_transformer_reports_partial_delegation(tmp_path):
     case = digits_case("transformer")
-    art = _export(case, "fp32", tmp_path)
+    art = export_case(case, TARGET, "fp32", tmp_path)
     assert art.status == "verified", art.error
     info = art.inspect
     assert info["delegated_ops"]["XNNSoftmax"] == 1 and info["delegated_ops"]["XNNBatchMatrixMultiply"] == 2
@@ -101,8 +97,8 @@ def test_transformer_reports_partial_delegation(tmp_path):
 
 
 def test_export_is_deterministic(mlp, tmp_path):
-    digests = [hashlib.sha256(open(_export(mlp, "int8_static", tmp_path / str(i)).path, "rb").read()).hexdigest()
-               for i in range(2)]
+    paths = [export_case(mlp, TARGET, "int8_static", tmp_path / str(i)).path for i in range(2)]
+    digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
     assert digests[0] == digests[1]
 
 
@@ -146,7 +142,7 @@ def test_conversion_errors_name_the_step_and_the_op(mlp, tmp_path):
 
 def test_threads_cannot_change_after_a_load(mlp, tmp_path):
     tgt = get_target(TARGET)
-    tgt.load(_export(mlp, "fp32", tmp_path).path)
+    tgt.load(export_case(mlp, TARGET, "fp32", tmp_path).path)
     with pytest.raises(RuntimeError, match=r"cannot change the thread count to 3 after a program was loaded"):
         tgt.set_threads(3)
 
@@ -158,6 +154,7 @@ def test_threads_are_set_before_the_first_load(tmp_path):
         import sys
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from conformance_models import digits_case
+from helpers import export_case
         from ondevice.export import export
         from ondevice.target import get_target
         from executorch.extension.pybindings import portable_lib

@@ -12,6 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from conformance_models import digits_case
+from helpers import export_case
 from ondevice.errors import ConversionError
 from ondevice.export import export, torch_outputs
 from ondevice.target import get_spec, get_target
@@ -24,17 +25,12 @@ def mlp():
     return digits_case("mlp")
 
 
-def _export(case, precision, tmp_path, **options):
-    return export(case.model, TARGET, precision, out=tmp_path / f"{case.name}_{precision}",
-                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify), **options)
-
-
 def _initializers(path) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer}
 
 
 def test_fp32_has_symbolic_batch_and_matches_torch(mlp, tmp_path):
-    art = _export(mlp, "fp32", tmp_path)
+    art = export_case(mlp, TARGET, "fp32", tmp_path)
     assert art.status == "verified", art.error
     info = art.inspect
     assert info["dynamic_batch"] is True
@@ -49,7 +45,7 @@ def test_fp32_has_symbolic_batch_and_matches_torch(mlp, tmp_path):
 
 
 def test_static_batch_option_runs_any_batch(mlp, tmp_path):
-    art = _export(mlp, "fp32", tmp_path, dynamic_batch=False)
+    art = export_case(mlp, TARGET, "fp32", tmp_path, dynamic_batch=False)
     assert art.inspect["dynamic_batch"] is False and art.inspect["inputs"][0]["shape"] == [1, 1, 8, 8]
     tgt = get_target(TARGET)
     x = mlp.x_verify[:5]  # looped one sample at a time inside run()
@@ -57,7 +53,7 @@ def test_static_batch_option_runs_any_batch(mlp, tmp_path):
 
 
 def test_fp16_has_half_weights_and_float_io(mlp, tmp_path):
-    art = _export(mlp, "fp16", tmp_path)
+    art = export_case(mlp, TARGET, "fp16", tmp_path)
     assert art.status == "verified", art.error
     assert set(art.inspect["weight_dtypes"]) - {"int64"} == {"float16"}
     assert art.inspect["inputs"][0]["dtype"] == "float32" and art.inspect["outputs"][0]["dtype"] == "float32"
@@ -66,7 +62,7 @@ def test_fp16_has_half_weights_and_float_io(mlp, tmp_path):
 
 
 def test_int8_static_is_per_channel_qdq(mlp, tmp_path):
-    art = _export(mlp, "int8_static", tmp_path)
+    art = export_case(mlp, TARGET, "int8_static", tmp_path)
     assert art.status == "verified", art.error
     ops = art.inspect["ops"]
     assert ops["QuantizeLinear"] >= 2 and ops["DequantizeLinear"] >= ops["QuantizeLinear"]
@@ -83,7 +79,7 @@ def test_int8_static_is_per_channel_qdq(mlp, tmp_path):
 
 def test_int8_static_scales_come_from_the_calibration_samples(mlp, tmp_path):
     """The first activation scale (of the flattened input) is what the calibration data implies (MinMax, int8)."""
-    a = _export(mlp, "int8_static", tmp_path / "a")
+    a = export_case(mlp, TARGET, "int8_static", tmp_path / "a")
     cal2 = mlp.calibration * 3.0  # same real samples, three times the range
     b = export(mlp.model, TARGET, "int8_static", out=tmp_path / "b" / "m", calibration=cal2,
                verify_data=(mlp.x_verify, None), thresholds={"min_sqnr_db": 0.0, "min_top1_agreement": 0.0})
@@ -101,7 +97,7 @@ def test_int8_static_scales_come_from_the_calibration_samples(mlp, tmp_path):
 
 
 def test_int8_dynamic_quantizes_activations_at_run_time(mlp, tmp_path):
-    art = _export(mlp, "int8_dynamic", tmp_path)
+    art = export_case(mlp, TARGET, "int8_dynamic", tmp_path)
     assert art.status == "verified", art.error
     ops = art.inspect["ops"]
     assert ops["DynamicQuantizeLinear"] == 2 and ops["MatMulInteger"] == 2
@@ -109,13 +105,13 @@ def test_int8_dynamic_quantizes_activations_at_run_time(mlp, tmp_path):
 
 
 def test_export_is_deterministic(mlp, tmp_path):
-    digests = [hashlib.sha256(open(_export(mlp, "int8_static", tmp_path / str(i)).path, "rb").read()).hexdigest()
-               for i in range(2)]
+    paths = [export_case(mlp, TARGET, "int8_static", tmp_path / str(i)).path for i in range(2)]
+    digests = [hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths]
     assert digests[0] == digests[1]
 
 
 def test_set_threads_reaches_the_session_options(mlp, tmp_path):
-    art = _export(mlp, "fp32", tmp_path)
+    art = export_case(mlp, TARGET, "fp32", tmp_path)
     tgt = type(get_target(TARGET))(get_spec(TARGET))  # a private instance: the cached one keeps its defaults
     tgt.set_threads(1)
     runner = tgt.load(art.path)
@@ -138,6 +134,6 @@ def test_unsupported_op_names_the_op_and_what_to_try(tmp_path):
 
 def test_option_values_are_checked(mlp, tmp_path):
     with pytest.raises(ValueError, match=r"activations='fp8': valid values are 'int8' and 'uint8'"):
-        _export(mlp, "int8_static", tmp_path, activations="fp8")
+        export_case(mlp, TARGET, "int8_static", tmp_path, activations="fp8")
     with pytest.raises(ValueError, match=r"has no option\(s\) \['nhwc'\]; its options: opset"):
-        _export(mlp, "fp32", tmp_path, nhwc=True)
+        export_case(mlp, TARGET, "fp32", tmp_path, nhwc=True)

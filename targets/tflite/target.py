@@ -20,13 +20,9 @@ All SDK imports (litert_torch, ai_edge_litert, ai_edge_quantizer, torchao) happe
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import re
-import sys
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,6 +32,7 @@ import numpy as np
 from ondevice.errors import ConversionError
 from ondevice.io import atomic_write_bytes
 from ondevice.precision import Precision
+from ondevice.quiet import quiet
 from ondevice.target import Target
 
 log = logging.getLogger("ondevice.targets.tflite")
@@ -59,11 +56,16 @@ _NOISE = re.compile("|".join([
 
 
 # --- noise control -----------------------------------------------------------------------------------------
-class _Captured:
-    """Text the converter stack wrote while silenced; `relevant()` drops the known-harmless lines."""
+class _Captured(logging.Handler):
+    """Text the converter stack wrote while silenced. ondevice.quiet logs each line it drops at DEBUG on the logger
+    it is given; this handler on a private logger collects them, and `relevant()` drops the known-harmless ones."""
 
     def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
         self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(str(record.args[0]) if record.args else record.getMessage())  # ("suppressed: %s", line)
 
     def relevant(self, last: int = 15) -> list[str]:
         return [ln for ln in self.lines if not _NOISE.search(ln)][-last:]
@@ -71,57 +73,27 @@ class _Captured:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[_Captured]:
-    """Silence litert-torch progress bars, Python warnings, absl logging, `print`s and native (fd 1/2) output.
+    """`ondevice.quiet.quiet` (Python warnings, logging below ERROR incl. absl, sys.stdout/sys.stderr, and native
+    fd 2 lines matching `_NOISE`) with litert-torch's progress bars off.
 
-    Everything captured is logged at DEBUG on `ondevice.targets.tflite` and kept on the yielded object so a
-    failure can quote the relevant part. Note: fds 1 and 2 are process-wide; other threads' output written in
-    this window is captured too.
+    The yielded object holds the dropped lines once the block ends, so a failure can quote the relevant part; those
+    are also logged at DEBUG on `ondevice.targets.tflite`. Native lines not matching `_NOISE` go to stderr as
+    written (ondevice.quiet's rule). Process-wide, like ondevice.quiet.
     """
     cap = _Captured()
+    sink = logging.Logger("ondevice.targets.tflite.dropped")  # outside the logging tree: its records reach only cap
+    sink.addHandler(cap)
     saved_env = os.environ.get("LITERT_TORCH_SHOW_PROGRESS")
     if saved_env is None:
         os.environ["LITERT_TORCH_SHOW_PROGRESS"] = "n"
-    absl_logger = logging.getLogger("absl")
-    saved_level = absl_logger.level
-    absl_logger.setLevel(logging.ERROR)
-    py_out, py_err = io.StringIO(), io.StringIO()
-    caught: list = []
-    for s in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            s.flush()
-    saved_fds = []
-    tmp = tempfile.TemporaryFile()
     try:
-        for fd in (1, 2):
-            with contextlib.suppress(OSError):
-                saved_fds.append((fd, os.dup(fd)))
-                os.dup2(tmp.fileno(), fd)
-        with warnings.catch_warnings(record=True) as caught, \
-                contextlib.redirect_stdout(py_out), contextlib.redirect_stderr(py_err):
-            warnings.simplefilter("always")
+        with quiet(native_noise=_NOISE, log=sink):
             yield cap
     finally:
-        _flush_c_stdio()
-        for fd, dup in saved_fds:
-            os.dup2(dup, fd)
-            os.close(dup)
-        tmp.seek(0)
-        native = tmp.read().decode("utf-8", errors="replace")
-        tmp.close()
-        absl_logger.setLevel(saved_level)
         if saved_env is None:
             os.environ.pop("LITERT_TORCH_SHOW_PROGRESS", None)
-        warned = [f"{w.category.__name__}: {w.message}" for w in caught or []]
-        cap.lines = (native + py_out.getvalue() + py_err.getvalue()).splitlines() + warned
         for ln in cap.relevant(last=50):
             log.debug("converter output: %s", ln)
-
-
-def _flush_c_stdio() -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None).fflush(None)
 
 
 # --- error translation -------------------------------------------------------------------------------------
