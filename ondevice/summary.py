@@ -69,14 +69,19 @@ def export_fields(art: dict) -> dict[str, Any]:
 
 def merge_rows(exports: list[dict], bench_report: dict | None, threads: int | None = None) -> list[dict]:
     """Rows for every export (failed ones included, with their error), with bench numbers where measured."""
+    from pathlib import Path
+
+    def key(p) -> str:
+        return str(Path(p).resolve())
+
     by_path = {}
     for it in (bench_report or {}).get("items") or []:
         if it.get("path"):
-            by_path[str(it["path"])] = it
+            by_path[key(it["path"])] = it
     rows = []
     for art in exports:
         row = export_fields(art)
-        item = by_path.get(str(art.get("path")))
+        item = by_path.get(key(art["path"])) if art.get("path") else None
         if item is not None:
             bf = bench_fields(item, threads)
             if bf["accuracy"] is None:  # keep the verification accuracy rather than overwrite it with nothing
