@@ -145,3 +145,16 @@ def test_run_gates_with_baseline_file(tmp_path):
     assert [r.gate for r in res if not r.passed] == ["regression_sqnr_db"]
     with pytest.raises(ConfigError, match="baseline report .* does not exist"):
         run_gates(rep, gates=GatesSpec(), baseline_path=tmp_path / "nope.json")
+
+
+def test_committed_mnist_pipeline_report_passes_its_gates_and_its_own_baseline(tmp_path):
+    """benchmarks/results/mnist_pipeline.json is what `ondevice run examples/mnist.toml` wrote; CI gates future runs
+    against it (examples/ci/github-actions.yml)."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mnist_pipeline.json"
+    rep = json.loads(committed.read_text())
+    assert len(rep["artifacts"]) == 18 and all(a["status"] == "verified" for a in rep["artifacts"])
+    res, md = run_gates(committed, baseline_path=committed, junit=tmp_path / "j.xml", summary=tmp_path / "s.md")
+    assert all(r.passed for r in res), md
+    assert any(r.gate.startswith("regression_") for r in res)
