@@ -15,11 +15,13 @@ import os
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import GatesSpec, format_validation_error
 from .errors import ConfigError
 from .io import atomic_write_text, read_json
+
+if TYPE_CHECKING:  # pydantic loads on first use, not when the CLI builds its parser
+    from .config import GatesSpec
 
 
 @dataclass
@@ -199,6 +201,8 @@ def markdown_summary(results: list[GateResult]) -> str:
 def load_gates_file(path: str | os.PathLike) -> GatesSpec:
     from pydantic import ValidationError
 
+    from .config import GatesSpec, format_validation_error
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"gates file {str(p)!r} does not exist")
@@ -234,6 +238,8 @@ def run_gates(report_path: str | os.PathLike, *, gates: GatesSpec | None = None,
     except ValueError as e:
         raise ConfigError(f"report {rp} is not valid JSON: {e}") from None
     if gates is None:
+        from .config import GatesSpec
+
         embedded = (report.get("recipe") or {}).get("gates")
         if embedded is None:
             raise ConfigError(f"{rp} carries no gates; pass --gates FILE")

@@ -18,11 +18,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-from .config import Recipe, check_references, load_recipe
 from .io import atomic_write_json, atomic_write_text, library_versions, read_json, sha256_file
 from .progress import status
+
+if TYPE_CHECKING:
+    from .config import Recipe
 
 PIPELINE_SCHEMA = 1
 
@@ -123,6 +125,8 @@ def _teacher_ref(recipe: Recipe, out: Path):
 def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fresh: bool = False,
         bench: bool | None = None) -> PipelineResult:
     """Run every stage the recipe asks for; see the module docstring. `bench=False` skips benchmarking."""
+    from .config import Recipe, check_references, load_recipe
+
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     check_references(recipe)

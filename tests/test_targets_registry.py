@@ -157,3 +157,14 @@ def test_a_fifth_target_works_through_the_export_verb(scratch_registry, tmp_path
                                                         r"it can do: fp32"):
         export(case.model, "pt2", "int8_static", out=tmp_path / "q", calibration=case.calibration)
     sys.modules.pop("ondevice_pt2_target", None)
+
+
+def test_import_ondevice_is_cheap():
+    """`import ondevice` (and the CLI's argument parser) load neither torch nor numpy nor any backend: the
+    heavy imports happen on first use. Checked by what is imported, not by a wall-clock time."""
+    code = ("import sys, ondevice, ondevice.cli; ondevice.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'numpy', 'onnxruntime', 'executorch', "
+            "'coremltools', 'litert_torch', 'ai_edge_litert', 'tensorflow', 'jax', 'matplotlib', 'pydantic'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

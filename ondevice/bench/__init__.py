@@ -16,13 +16,32 @@ Importing this package imports neither torch nor any runtime SDK; the workers do
 """
 from __future__ import annotations
 
-from .accuracy import kl_mean, retention
-from .config import MODES, BenchConfig, TorchModelRef, expand_artifacts, load_data, resolve_items
-from .energy import PRECISION_COST, count_graph, estimate
-from .harness import SCHEMA_VERSION, bench
-from .latency import StopRule, bootstrap_ci, interleave, latency_stats, percentile
-from .profiles import Profile, builtin_profile_names, load_profile, load_profiles, profile_from_dict
-from .report import load_report, load_schema, to_html, to_markdown, validate_report, write_report
+import importlib
+from typing import Any
+
+_LAZY = {
+    "kl_mean": "accuracy", "retention": "accuracy",
+    "MODES": "config", "BenchConfig": "config", "TorchModelRef": "config", "expand_artifacts": "config",
+    "load_data": "config", "resolve_items": "config",
+    "PRECISION_COST": "energy", "count_graph": "energy", "estimate": "energy",
+    "SCHEMA_VERSION": "harness", "bench": "harness",
+    "StopRule": "latency", "bootstrap_ci": "latency", "interleave": "latency", "latency_stats": "latency",
+    "percentile": "latency",
+    "Profile": "profiles", "builtin_profile_names": "profiles", "load_profile": "profiles", "load_profiles": "profiles",
+    "profile_from_dict": "profiles",
+    "load_report": "report", "load_schema": "report", "to_html": "report", "to_markdown": "report",
+    "validate_report": "report", "write_report": "report",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Names load on first use, so `ondevice bench --help` imports no numpy."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "bench", "BenchConfig", "TorchModelRef", "MODES", "SCHEMA_VERSION",
