@@ -41,7 +41,11 @@ setup_python() {
   want=$(cat pyproject.toml setup.py | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "pip install -e '.[all,dev]' (torch 2.13.0 CPU build; about 3 minutes on a cold machine)"
-    "$VENV/bin/python" -m pip install -q -e ".[all,dev]"
+    if ! "$VENV/bin/python" -m pip install -q -e ".[all,dev]" > "$VENV/install.log" 2>&1; then
+      tail -n 60 "$VENV/install.log" >&2
+      echo "pip install failed; the whole log is in $VENV/install.log" >&2
+      exit 1
+    fi
     echo "$want" > "$stamp"
   fi
 }
