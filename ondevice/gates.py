@@ -59,7 +59,9 @@ def _name(row: dict) -> str:
 # --- checks ------------------------------------------------------------------------------------------------------
 def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) -> list[GateResult]:
     rows, ctx = artifact_rows(report)
-    machine = ctx.get("measured_on", "this host")
+    machine = ctx.get("measured_on") or "measured on this host"
+    if not machine.startswith("measured"):
+        machine = f"measured on {machine}"
     out: list[GateResult] = []
 
     def add(gate, row, metric, threshold, value, ok, label, why=""):
@@ -96,7 +98,7 @@ def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) ->
                 add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, None, True, "not measurable here",
                     row.get("latency_note", ""))
             else:
-                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, v, v <= gates.max_p90_ms, f"measured on {machine}")
+                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, v, v <= gates.max_p90_ms, machine)
         est = (row.get("estimates") or {}).get(gates.profile or "", None)
         needs_profile = (gates.max_estimated_p90_ms, gates.max_energy_mj, gates.power_budget or None)
         if any(x is not None for x in needs_profile):
@@ -161,6 +163,8 @@ def check_regression(rows: list[dict], base_rows: list[dict], tol: float) -> lis
 
 
 def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
     if isinstance(v, float):
         return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
     if isinstance(v, int) and not isinstance(v, bool):

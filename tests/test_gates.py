@@ -158,3 +158,11 @@ def test_committed_mnist_pipeline_report_passes_its_gates_and_its_own_baseline(t
     res, md = run_gates(committed, baseline_path=committed, junit=tmp_path / "j.xml", summary=tmp_path / "s.md")
     assert all(r.passed for r in res), md
     assert any(r.gate.startswith("regression_") for r in res)
+
+
+def test_gate_outputs_match_goldens(golden):
+    """The Markdown summary and JUnit XML users see in CI, for a fixed report with one failing gate."""
+    res = check_gates(REPORT, GatesSpec(max_size_bytes=15_000, min_accuracy=0.97, profile="midrange_phone_cpu",
+                                        power_budget=True, max_p90_ms=1.0))
+    golden("gates_summary.md", markdown_summary(res))
+    golden("gates_junit.xml", junit_xml(res))
