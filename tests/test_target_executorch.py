@@ -154,7 +154,6 @@ def test_threads_are_set_before_the_first_load(tmp_path):
         import sys
         sys.path.insert(0, {str(__import__('pathlib').Path(__file__).parent)!r})
         from conformance_models import digits_case
-from helpers import export_case
         from ondevice.export import export
         from ondevice.target import get_target
         from executorch.extension.pybindings import portable_lib
