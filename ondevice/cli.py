@@ -18,7 +18,7 @@ examples:
   ondevice export runs/mnist --target onnxruntime --precision int8_static
   ondevice bench runs/mnist/artifacts --data mnist     latency / memory / accuracy / energy report
   ondevice run examples/mnist.toml                     distill -> export -> verify -> bench -> report -> gates
-  ondevice gate runs/mnist/report/report.json --baseline benchmarks/results/mnist_baseline.json
+  ondevice gate runs/mnist/pipeline.json --baseline benchmarks/results/mnist_pipeline.json
 """
 
 
