@@ -393,15 +393,12 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
             if k not in spec.options:
                 problems.append((f"export.targets[{i}].options.{k}",
                                  f"unknown option for {t.target!r}; its options: {', '.join(spec.options) or '(none)'}"))
-    try:
-        from .bench.profiles import load_profile
-    except ImportError:  # pragma: no cover - the bench package is part of ondevice
-        load_profile = None
-    if load_profile is not None:
-        names = list(recipe.bench.profiles) + ([recipe.gates.profile] if recipe.gates.profile else [])
-        for i, name in enumerate(names):
-            path = f"bench.profiles[{i}]" if i < len(recipe.bench.profiles) else "gates.profile"
-            check(path, lambda name=name: load_profile(name))
+    from .bench.profiles import load_profile
+
+    names = list(recipe.bench.profiles) + ([recipe.gates.profile] if recipe.gates.profile else [])
+    for i, name in enumerate(names):
+        path = f"bench.profiles[{i}]" if i < len(recipe.bench.profiles) else "gates.profile"
+        check(path, lambda name=name: load_profile(name))
     if problems:
         lines = [f"{source}: {m}" if m.startswith(p) or m.startswith(f"{source}: {p}") else f"{source}: {p}: {m}"
                  for p, m in problems]

@@ -145,3 +145,12 @@ def test_shipped_examples_reference_real_names(path):
     from ondevice.config import check_references
 
     check_references(load_recipe(path))
+
+
+def test_unknown_device_profile_is_named_with_the_valid_ones():
+    from ondevice.config import check_references
+
+    r = recipe_from_dict(_with(bench={"profiles": ["phone"]}, gates={"profile": "mcu"}))
+    with pytest.raises(ConfigError, match=r"bench\.profiles\[0\]: unknown device profile 'phone'; built-in profiles: "
+                                          r"flagship_phone_cpu, mcu, midrange_phone_cpu, npu_1w"):
+        check_references(r)
