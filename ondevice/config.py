@@ -42,6 +42,12 @@ class TrainSpec(_Strict):
 
 class AugmentSpec(_Strict):
     shift: int = Field(0, ge=0, le=8, description="random +-N pixel translation (Hinton et al. used 2)")
+    hflip: bool = Field(False, description="random left-right flip, p = 1/2 (garments, natural images; not digits)")
+
+    @property
+    def active(self) -> bool:
+        """True when inputs change at random from epoch to epoch (so teacher outputs cannot be cached)."""
+        return self.shift > 0 or self.hflip
 
 
 class ModelSpec(_Strict):
@@ -166,9 +172,13 @@ class Recipe(_Strict):
         return d
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (e.g. the inputs of one pipeline stage)."""
-        d = self.to_dict()
-        payload = {s: d[s] for s in sections}
+        """Stable hash of the named sections (e.g. the inputs of one pipeline stage).
+
+        Settings left at their defaults do not enter it, so an optional setting added by a later ondevice version
+        does not invalidate checkpoints and cached stages written before it existed.
+        """
+        d = self.model_dump(mode="json", exclude_defaults=True)
+        payload = {s: d.get(s) for s in sections}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

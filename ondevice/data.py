@@ -44,7 +44,7 @@ from .registry import Registry
 
 __all__ = [
     "ArraySplit", "DatasetSplits", "DatasetInfo", "DATASETS", "IDXFormatError", "load_dataset", "register_dataset",
-    "from_torch_dataset", "random_shift", "shift_images", "read_idx", "parse_idx", "dataset_names",
+    "from_torch_dataset", "augment_batch", "random_hflip", "random_shift", "shift_images", "read_idx", "parse_idx", "dataset_names",
 ]
 
 _TEST_SHUFFLE_SEED = 20240229  # fixed: the test split's order never depends on `seed`
@@ -474,3 +474,21 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator | N
         return x
     s = torch.randint(-max_shift, max_shift + 1, (2, x.shape[0]), generator=generator)  # (2, B)
     return shift_images(x, s[0], s[1])
+
+
+def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2. x (B, C, H, W) -> (B, C, H, W); draws on the CPU."""
+    if x.ndim != 4:
+        raise ValueError(f"random_hflip expects images (B, C, H, W), got shape {tuple(x.shape)}")
+    flip = torch.rand(x.shape[0], generator=generator) < 0.5  # (B,)
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(-1), x)
+
+
+def augment_batch(x: torch.Tensor, shift: int = 0, hflip: bool = False,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """The recipe's [data.augment] on one batch: random shift (if shift > 0), then random flip (if hflip)."""
+    if shift:
+        x = random_shift(x, shift, generator)
+    if hflip:
+        x = random_hflip(x, generator)
+    return x

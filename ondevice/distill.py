@@ -67,6 +67,10 @@ def load_student(output_dir: str | Path, which: str = "student") -> torch.nn.Mod
                                                                if k != "pretrained"}).eval()
 
 
+def _augment_kwargs(a) -> dict:
+    return {"augment_shift": a.shift, "augment_hflip": a.hflip}
+
+
 def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> tuple[torch.nn.Module, PhaseResult | None]:
     from .losses import build_loss
     from .models import build_model
@@ -79,7 +83,7 @@ def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> t
     h = recipe.section_hash("teacher", "data", "seed")  # a finished checkpoint makes this a no-op reuse
     res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x, splits.train.y,
                       splits.val.x, splits.val.y, t.train, seed=recipe.seed + 1, ckpt_dir=out / "checkpoints",
-                      recipe_hash=h, augment_shift=(t.augment or recipe.data.augment).shift, resume=resume, di=di)
+                      recipe_hash=h, **_augment_kwargs(t.augment or recipe.data.augment), resume=resume, di=di)
     if di.is_main:
         _save_state(out / "teacher.pt", res.model)
     return res.model.eval(), res
@@ -125,13 +129,13 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
     student = build_student(recipe)
     x1 = splits.train.x[:1]
     loss.build(feature_shapes(student, s_layers, x1, "student"), feature_shapes(teacher, t_layers, x1, "teacher"))
-    cache = recipe.distill.cache_teacher == "auto" and recipe.data.augment.shift == 0
+    cache = recipe.distill.cache_teacher == "auto" and not recipe.data.augment.active
     t_out = TeacherOutputs(teacher, t_layers, splits.train.x, cache=cache,
                            budget_mb=recipe.distill.cache_budget_mb) if loss.needs_teacher else None
     h = recipe.section_hash("teacher", "student", "data", "train", "distill", "seed")
     res = train_phase("distill", student, loss, splits.train.x, splits.train.y, splits.val.x, splits.val.y,
                       recipe.train, seed=recipe.seed, ckpt_dir=ckpt_dir, recipe_hash=h, teacher=t_out,
-                      student_layers=s_layers, augment_shift=recipe.data.augment.shift, resume=resume, di=di)
+                      student_layers=s_layers, **_augment_kwargs(recipe.data.augment), resume=resume, di=di)
     student_test = evaluate(res.model, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
     status(f"student (distilled): test accuracy {student_test['acc']:.4f} ({student_test['errors']} errors)")
 
@@ -141,7 +145,7 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
         baseline = build_student(recipe)
         base_res = train_phase("baseline", baseline, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x,
                                splits.train.y, splits.val.x, splits.val.y, recipe.train, seed=recipe.seed,
-                               ckpt_dir=ckpt_dir, recipe_hash=h, augment_shift=recipe.data.augment.shift,
+                               ckpt_dir=ckpt_dir, recipe_hash=h, **_augment_kwargs(recipe.data.augment),
                                resume=resume, di=di)
         base_test = evaluate(baseline, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
         status(f"student (hard labels only): test accuracy {base_test['acc']:.4f} ({base_test['errors']} errors)")

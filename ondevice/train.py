@@ -287,12 +287,13 @@ def train_phase(
     teacher: TeacherOutputs | None = None,
     student_layers: list[str] | None = None,
     augment_shift: int = 0,
+    augment_hflip: bool = False,
     resume: bool = True,
     di: DistInfo = DistInfo(),
     on_epoch_end: Callable[[dict], None] | None = None,
 ) -> PhaseResult:
     """Train `model` with `loss` for spec.epochs; returns the best-validation weights loaded into `model`."""
-    from .data import random_shift
+    from .data import augment_batch
 
     n = len(train_x)
     gb = spec.batch_size
@@ -338,8 +339,8 @@ def train_phase(
             for s in range(steps):
                 idx = perm[s * gb + di.rank * local: s * gb + (di.rank + 1) * local]  # this rank's shard
                 xb, yb = train_x[idx], train_y[idx]  # (b, ...), (b,)
-                if augment_shift:
-                    xb = random_shift(xb, augment_shift, aug_gen)
+                if augment_shift or augment_hflip:
+                    xb = augment_batch(xb, augment_shift, augment_hflip, aug_gen)
                 t_logits, t_feats = teacher.get(idx, xb) if teacher is not None else (None, {})
                 total, parts = wrapped(xb, yb, t_logits, t_feats)
                 if not torch.isfinite(total):

@@ -116,6 +116,15 @@ def test_section_hash_tracks_only_named_sections():
     assert a.section_hash("train", "data") != c.section_hash("train", "data")
 
 
+def test_section_hash_ignores_settings_left_at_their_default():
+    """A setting a later version adds (data.augment.hflip) must not invalidate checkpoints written before it."""
+    a = recipe_from_dict(BASE)
+    explicit = recipe_from_dict(_with(data={**BASE["data"], "augment": {"shift": 0, "hflip": False}}))
+    flipped = recipe_from_dict(_with(data={**BASE["data"], "augment": {"hflip": True}}))
+    assert a.section_hash("teacher", "data", "seed") == explicit.section_hash("teacher", "data", "seed")
+    assert a.section_hash("teacher", "data", "seed") != flipped.section_hash("teacher", "data", "seed")
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.toml")), ids=lambda p: p.name)
 def test_shipped_examples_validate(path):
     load_recipe(path)

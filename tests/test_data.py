@@ -13,7 +13,8 @@ import torch
 
 from ondevice import fetch as F
 from ondevice.data import (ArraySplit, DatasetInfo, DatasetSplits, IDXFormatError, from_torch_dataset, load_dataset,
-                           read_idx, register_dataset, random_shift, shift_images)
+                           read_idx, register_dataset, random_shift, shift_images,
+                           augment_batch, random_hflip)
 from ondevice.errors import ChecksumError, ConfigError, DataNotFoundError
 from ondevice.registry import UnknownNameError
 
@@ -335,3 +336,26 @@ def test_random_shift_properties():
     assert len(seen) == 25  # every integer shift in [-2, 2]^2 occurs
     with pytest.raises(ValueError, match=r"expects images \(B, C, H, W\)"):
         random_shift(torch.zeros(3, 40), 2)
+
+
+def test_random_hflip_mirrors_about_half_reproducibly():
+    x = torch.arange(400 * 2 * 3 * 5, dtype=torch.float32).reshape(400, 2, 3, 5)  # no image is its own mirror
+    out = random_hflip(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, random_hflip(x, torch.Generator().manual_seed(0)))
+    flipped = torch.tensor([torch.equal(out[b], x[b].flip(-1)) for b in range(len(x))])  # (B,)
+    kept = torch.tensor([torch.equal(out[b], x[b]) for b in range(len(x))])
+    assert bool((flipped ^ kept).all())  # each image is either untouched or exactly mirrored
+    assert 160 <= int(flipped.sum()) <= 240  # Binomial(400, 1/2): mean 200, sd 10
+    with pytest.raises(ValueError, match=r"random_hflip expects images \(B, C, H, W\)"):
+        random_hflip(torch.zeros(3, 40))
+
+
+def test_augment_batch_is_shift_then_flip_from_one_generator():
+    x = torch.rand(64, 1, 12, 12)
+    assert augment_batch(x) is x
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    expected = random_hflip(random_shift(x, 2, g2), g2)
+    assert torch.equal(augment_batch(x, 2, True, g1), expected)
+    # shift-only keeps the generator stream of earlier versions (reproducible Hinton runs)
+    assert torch.equal(augment_batch(x, 2, False, torch.Generator().manual_seed(3)),
+                       random_shift(x, 2, torch.Generator().manual_seed(3)))

@@ -95,8 +95,12 @@ def test_second_run_reuses_checkpoints(digits_run):
     assert again.results["student"]["test_errors"] == res.results["student"]["test_errors"]
 
 
-def test_augmentation_computes_teacher_outputs_live(tmp_path):
-    res = distill(load_recipe(write_recipe(tmp_path, epochs=1, shift=1)))
+@pytest.mark.parametrize("augment", ["{ shift = 1 }", "{ hflip = true }"])
+def test_augmentation_computes_teacher_outputs_live(tmp_path, augment):
+    p = write_recipe(tmp_path, epochs=1, shift=0)
+    p.write_text(p.read_text().replace("augment = { shift = 0 }", f"augment = {augment}"))
+    assert f"augment = {augment}" in p.read_text()
+    res = distill(load_recipe(p))
     assert res.results["teacher_outputs"] == "live"
     assert "augmented" in res.results["teacher_outputs_reason"]
 
