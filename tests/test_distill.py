@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ondevice.config import load_recipe
-from ondevice.distill import distill, load_student
+from ondevice.distill import distill, load_student, teacher_fit_note
 from ondevice.errors import CheckpointError, TrainingDivergedError
 
 from helpers import cli, digits_recipe
@@ -75,6 +75,19 @@ def test_outputs_and_results(digits_run):
     splits = load_dataset("digits", seed=0)
     again = evaluate(load_student(out), splits.test.x, splits.test.y)
     assert again["errors"] == r["student"]["test_errors"]
+    # training-set fit: the teacher's comes from the cache and must equal a live pass over the training images
+    live = evaluate(load_student(out, "teacher"), splits.train.x, splits.train.y)
+    assert r["teacher"]["train_acc"] == pytest.approx(live["acc"], abs=1e-9)
+    assert r["student"]["train_acc"] == pytest.approx(evaluate(load_student(out), splits.train.x,
+                                                               splits.train.y)["acc"], abs=1e-9)
+    assert 0.5 < r["baseline"]["train_acc"] <= 1.0
+
+
+def test_teacher_fit_note():
+    assert teacher_fit_note(0.99, 0.97) is None and teacher_fit_note(0.9, None) is None
+    msg = teacher_fit_note(0.949, 0.972)
+    assert msg.startswith("the teacher is right on 94.9% of the training images, the hard-label student on 97.2%")
+    assert "less dropout/augmentation" in msg and "ce weight" in msg
 
 
 def test_best_checkpoint_is_the_best_validation_epoch(digits_run):
