@@ -176,7 +176,7 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
     # training-set fit: a teacher that gets fewer training images right than the hard-label student teaches its mistakes
     cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None
     results_fit = {
-        "teacher": (float((cached.argmax(1) == splits.train.y).float().mean()) if cached is not None
+        "teacher": (int((cached.argmax(1) == splits.train.y).sum()) / len(splits.train.y) if cached is not None
                     else evaluate(teacher, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"]),
         "student": evaluate(res.model, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"],
     }
