@@ -24,7 +24,10 @@ def main(out: str, run_dirs: list[str]) -> None:
     runs = []
     for d in map(Path, run_dirs):
         r = json.loads((d / "results.json").read_text())
-        row = {"run": d.name, "losses": r["losses"], "epochs": r["epochs"]}
+        recipe = json.loads((d / "recipe.resolved.json").read_text())
+        row = {"run": d.name, "losses": r["losses"], "epochs": r["epochs"],
+               "threads": recipe.get("threads"),  # None: torch's default (2 on the 2-core host)
+               "teacher_kwargs": recipe["teacher"].get("kwargs", {}), "student_kwargs": recipe["student"].get("kwargs", {})}
         for role, which in (("teacher", "teacher"), ("student", "student"), ("baseline", "baseline")):
             if role not in r or not (d / f"{which}.pt").exists():
                 continue

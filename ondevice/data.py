@@ -44,7 +44,8 @@ from .registry import Registry
 
 __all__ = [
     "ArraySplit", "DatasetSplits", "DatasetInfo", "DATASETS", "IDXFormatError", "load_dataset", "register_dataset",
-    "from_torch_dataset", "augment_batch", "random_hflip", "random_shift", "shift_images", "read_idx", "parse_idx", "dataset_names",
+    "from_torch_dataset", "augment_batch", "random_hflip", "random_shift", "shift_images", "read_idx", "parse_idx",
+    "dataset_names",
 ]
 
 _TEST_SHUFFLE_SEED = 20240229  # fixed: the test split's order never depends on `seed`

@@ -81,10 +81,6 @@ def teacher_fit_note(teacher_train_acc: float, baseline_train_acc: float | None)
             f"teacher to fit its training data better (less dropout/augmentation, more epochs) or raise the ce weight.")
 
 
-def _augment_kwargs(a) -> dict:
-    return {"augment_shift": a.shift, "augment_hflip": a.hflip}
-
-
 def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> tuple[torch.nn.Module, PhaseResult | None]:
     from .losses import build_loss
     from .models import build_model
@@ -97,7 +93,7 @@ def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> t
     h = recipe.section_hash("teacher", "data", "seed")  # a finished checkpoint makes this a no-op reuse
     res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x, splits.train.y,
                       splits.val.x, splits.val.y, t.train, seed=recipe.seed + 1, ckpt_dir=out / "checkpoints",
-                      recipe_hash=h, **_augment_kwargs(t.augment or recipe.data.augment), resume=resume, di=di)
+                      recipe_hash=h, augment=t.augment or recipe.data.augment, resume=resume, di=di)
     if di.is_main:
         _save_state(out / "teacher.pt", res.model)
     return res.model.eval(), res
@@ -149,7 +145,7 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
     h = recipe.section_hash("teacher", "student", "data", "train", "distill", "seed")
     res = train_phase("distill", student, loss, splits.train.x, splits.train.y, splits.val.x, splits.val.y,
                       recipe.train, seed=recipe.seed, ckpt_dir=ckpt_dir, recipe_hash=h, teacher=t_out,
-                      student_layers=s_layers, **_augment_kwargs(recipe.data.augment), resume=resume, di=di)
+                      student_layers=s_layers, augment=recipe.data.augment, resume=resume, di=di)
     student_test = evaluate(res.model, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
     status(f"student (distilled): test accuracy {student_test['acc']:.4f} ({student_test['errors']} errors)")
 
@@ -159,7 +155,7 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
         baseline = build_student(recipe)
         base_res = train_phase("baseline", baseline, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x,
                                splits.train.y, splits.val.x, splits.val.y, recipe.train, seed=recipe.seed,
-                               ckpt_dir=ckpt_dir, recipe_hash=h, **_augment_kwargs(recipe.data.augment),
+                               ckpt_dir=ckpt_dir, recipe_hash=h, augment=recipe.data.augment,
                                resume=resume, di=di)
         base_test = evaluate(baseline, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
         status(f"student (hard labels only): test accuracy {base_test['acc']:.4f} ({base_test['errors']} errors)")
@@ -174,14 +170,17 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
         return b
 
     # training-set fit: a teacher that gets fewer training images right than the hard-label student teaches its mistakes
-    cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None
+    def train_acc(model: torch.nn.Module) -> float:
+        return evaluate(model, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"]
+
+    cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None  # (N, C): no second teacher pass
     results_fit = {
         "teacher": (int((cached.argmax(1) == splits.train.y).sum()) / len(splits.train.y) if cached is not None
-                    else evaluate(teacher, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"]),
-        "student": evaluate(res.model, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"],
+                    else train_acc(teacher)),
+        "student": train_acc(res.model),
     }
     if baseline is not None:
-        results_fit["baseline"] = evaluate(baseline, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"]
+        results_fit["baseline"] = train_acc(baseline)
     note = teacher_fit_note(results_fit["teacher"], results_fit.get("baseline"))
 
     results: dict[str, Any] = {

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import TrainSpec
+from .config import AugmentSpec, TrainSpec
 from .errors import CheckpointError, ConfigError, TrainingDivergedError
 from .io import atomic_write_bytes, atomic_write_text, dumps
 from .progress import progress_bar, status
@@ -286,8 +286,7 @@ def train_phase(
     recipe_hash: str = "",
     teacher: TeacherOutputs | None = None,
     student_layers: list[str] | None = None,
-    augment_shift: int = 0,
-    augment_hflip: bool = False,
+    augment: AugmentSpec | None = None,
     resume: bool = True,
     di: DistInfo = DistInfo(),
     on_epoch_end: Callable[[dict], None] | None = None,
@@ -339,8 +338,8 @@ def train_phase(
             for s in range(steps):
                 idx = perm[s * gb + di.rank * local: s * gb + (di.rank + 1) * local]  # this rank's shard
                 xb, yb = train_x[idx], train_y[idx]  # (b, ...), (b,)
-                if augment_shift or augment_hflip:
-                    xb = augment_batch(xb, augment_shift, augment_hflip, aug_gen)
+                if augment is not None and augment.active:
+                    xb = augment_batch(xb, augment.shift, augment.hflip, aug_gen)
                 t_logits, t_feats = teacher.get(idx, xb) if teacher is not None else (None, {})
                 total, parts = wrapped(xb, yb, t_logits, t_feats)
                 if not torch.isfinite(total):
