@@ -32,7 +32,7 @@ import random
 import struct
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -41,9 +41,10 @@ from . import fetch as _fetch
 from .errors import ConfigError, DataNotFoundError, OndeviceError
 from .io import atomic_write_bytes
 from .registry import Registry
+from .tree import Tree, pad_stack, tree_index, tree_len, tree_leaves, tree_map, tree_to
 
 __all__ = [
-    "ArraySplit", "DatasetSplits", "DatasetInfo", "DATASETS", "IDXFormatError", "load_dataset", "register_dataset",
+    "ArraySplit", "SampleSplit", "Split", "pad_collate", "trim_padding", "memmap_split", "split_item", "DatasetSplits", "DatasetInfo", "DATASETS", "IDXFormatError", "load_dataset", "register_dataset",
     "from_torch_dataset", "augment_batch", "random_hflip", "random_shift", "shift_images", "read_idx", "parse_idx",
     "dataset_names",
 ]
@@ -52,43 +53,219 @@ _TEST_SHUFFLE_SEED = 20240229  # fixed: the test split's order never depends on 
 
 
 # ---------------------------------------------------------------------------------------------------- containers
+def _check_tree(tree: Tree, what: str) -> None:
+    try:
+        leaves = tree_leaves(tree)
+    except TypeError as e:
+        raise TypeError(f"{what}: {e}") from None
+    if not leaves:
+        raise ValueError(f"{what} holds no tensors")
+
+
 @dataclass
 class ArraySplit:
-    """One split in memory: ``x`` float32 (N, ...) already normalised, ``y`` int64 (N,)."""
+    """One split held as tensors (in memory, or memory-mapped from .npy files: rows are read when indexed).
 
-    x: torch.Tensor
-    y: torch.Tensor
+    ``x`` is the model input as a tree: one tensor (N, ...), a tuple of tensors, or a dict such as
+    ``{"input_ids": int64 (N, T), "attention_mask": int64 (N, T)}``. ``y`` is the targets: class ids (N,), token ids
+    (N, T) with an ignore index, float vectors (N, D), a dict of those for several heads, or None (embedding
+    distillation needs no labels). Every leaf shares the leading N.
+    """
+
+    x: Tree
+    y: Tree | None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.x, torch.Tensor) or not isinstance(self.y, torch.Tensor):
-            raise TypeError(f"ArraySplit needs tensors, got x={type(self.x).__name__}, y={type(self.y).__name__}")
-        if self.y.ndim != 1 or self.x.shape[0] != self.y.shape[0]:
-            raise ValueError(f"ArraySplit: x has shape {tuple(self.x.shape)} and y {tuple(self.y.shape)}; "
-                             "expected x (N, ...) and y (N,) with the same N")
-        if not self.x.is_floating_point():
-            raise TypeError(f"ArraySplit.x must be floating point, got {self.x.dtype}")
-        if self.y.dtype != torch.long:
-            raise TypeError(f"ArraySplit.y must be int64 (torch.long), got {self.y.dtype}")
+        _check_tree(self.x, "ArraySplit.x")
+        n = tree_len(self.x)
+        if self.y is not None:
+            _check_tree(self.y, "ArraySplit.y")
+            if tree_len(self.y) != n:
+                raise ValueError(f"ArraySplit: x has {n} samples and y {tree_len(self.y)}; expected the same N "
+                                 f"(x shapes {[tuple(t.shape) for t in tree_leaves(self.x)]}, "
+                                 f"y shapes {[tuple(t.shape) for t in tree_leaves(self.y)]})")
 
     def __len__(self) -> int:
-        return int(self.y.shape[0])
+        return tree_len(self.x)
 
     def take(self, n: int | None) -> "ArraySplit":
         """The first `n` samples (all when n is None or larger than the split)."""
-        return self if n is None or n >= len(self) else ArraySplit(self.x[:n], self.y[:n])
+        if n is None or n >= len(self):
+            return self
+        return ArraySplit(tree_index(self.x, slice(0, n)), None if self.y is None else tree_index(self.y, slice(0, n)))
+
+    def subset(self, idx: torch.Tensor) -> "ArraySplit":
+        return ArraySplit(tree_index(self.x, idx), None if self.y is None else tree_index(self.y, idx))
 
     def to(self, device: str | torch.device) -> "ArraySplit":
-        return ArraySplit(self.x.to(device), self.y.to(device))
+        return ArraySplit(tree_to(self.x, device), None if self.y is None else tree_to(self.y, device))
+
+    def batch(self, idx: torch.Tensor) -> tuple[Tree, Tree | None]:
+        """(inputs, targets) for the sample ids `idx` (B,): indexing the tensors, no per-sample Python work."""
+        return tree_index(self.x, idx), None if self.y is None else tree_index(self.y, idx)
 
     def batches(self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,
-                drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x (B, ...), y (B,)) by indexing the in-memory tensors: no per-sample DataLoader overhead."""
+                drop_last: bool = False) -> Iterator[tuple[Tree, Tree | None]]:
+        """Yield (inputs, targets) batches of `batch_size` in order (or shuffled by `generator`)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         stop = n - n % batch_size if drop_last else n
         for i in range(0, stop, batch_size):
-            idx = order[i:i + batch_size]  # (B,)
-            yield self.x[idx], self.y[idx]
+            yield self.batch(order[i:i + batch_size])  # (B, ...) each
+
+    def sample(self, i: int) -> tuple[Tree, Tree | None]:
+        return tree_index(self.x, i), None if self.y is None else tree_index(self.y, i)
+
+
+class SampleSplit:
+    """A split read sample by sample from a map-style dataset (``ds[i] -> (inputs, target)``), batched by `collate`.
+
+    For data that does not fit in memory or whose samples differ in length: the default collate pads every
+    integer sequence to the longest in the batch and builds an ``attention_mask`` (see :func:`pad_collate`).
+    """
+
+    def __init__(self, dataset, indices: Sequence[int] | None = None, collate: Callable | None = None):
+        self.dataset = dataset
+        self.indices = list(range(len(dataset))) if indices is None else list(indices)
+        self.collate = collate or pad_collate
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def sample(self, i: int) -> tuple[Tree, Tree | None]:
+        item = self.dataset[self.indices[int(i)]]
+        return split_item(item, int(i))
+
+    def batch(self, idx: torch.Tensor) -> tuple[Tree, Tree | None]:
+        return self.collate([self.sample(int(i)) for i in idx])
+
+    def take(self, n: int | None) -> "SampleSplit":
+        if n is None or n >= len(self):
+            return self
+        return SampleSplit(self.dataset, self.indices[:n], self.collate)
+
+    def subset(self, idx) -> "SampleSplit":
+        return SampleSplit(self.dataset, [self.indices[int(i)] for i in idx], self.collate)
+
+    def batches(self, batch_size: int, **kw) -> Iterator[tuple[Tree, Tree | None]]:
+        for lo in range(0, len(self), batch_size):
+            yield self.batch(torch.arange(lo, min(lo + batch_size, len(self))))
+
+
+Split = ArraySplit | SampleSplit
+
+
+def split_item(item, i: int) -> tuple[Tree, Tree | None]:
+    """One dataset item -> (inputs, target). Accepts ``(inputs, target)`` pairs (inputs a tensor, array, tuple or
+    dict) and dict samples carrying their target under ``labels``/``label`` (the Hugging Face convention)."""
+    if isinstance(item, dict):
+        key = next((k for k in ("labels", "label") if k in item), None)
+        inputs = {k: _as_tensor(v, f"item {i} input {k!r}") for k, v in item.items() if k != key}
+        return inputs, None if key is None else _as_tensor(item[key], f"item {i} label")
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise TypeError(f"dataset item {i} is a {type(item).__name__}; expected an (inputs, target) pair or a dict "
+                        "of inputs with a 'labels' key")
+    x, y = item
+    return _tree_as_tensors(x, f"item {i} input"), None if y is None else _tree_as_tensors(y, f"item {i} target")
+
+
+def _as_tensor(v, what: str) -> torch.Tensor:
+    if isinstance(v, torch.Tensor):
+        return v
+    try:
+        return torch.as_tensor(np.asarray(v))
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"{what} ({type(v).__name__}) is not a tensor, array or number ({e}); convert it to a "
+                        "tensor in the dataset (e.g. a tokenizer for text, ToTensor for PIL images)") from None
+
+
+def _tree_as_tensors(v, what: str) -> Tree:
+    if isinstance(v, dict):
+        return {k: _tree_as_tensors(x, f"{what} {k!r}") for k, x in v.items()}
+    if isinstance(v, (tuple, list)) and v and not isinstance(v[0], (int, float, bool)):
+        return tuple(_tree_as_tensors(x, f"{what}[{j}]") for j, x in enumerate(v))
+    return _as_tensor(v, what)
+
+
+def pad_collate(samples: list[tuple[Tree, Tree | None]], *, pad_id: int = 0, ignore_index: int = -100,
+                mask_key: str = "attention_mask") -> tuple[Tree, Tree | None]:
+    """Batch (inputs, target) samples. Leaves of equal shape are stacked; integer sequences of different lengths are
+    right-padded to the longest in the batch (inputs with `pad_id`, targets with `ignore_index`), and a dict input
+    without `mask_key` gains one (1 = real token, 0 = padding)."""
+    xs = [s[0] for s in samples]
+    ys = [s[1] for s in samples]
+    inputs = _collate_tree(xs, pad_id)
+    if isinstance(inputs, dict) and mask_key not in inputs and _ragged(xs):
+        first = next(k for k, v in xs[0].items() if not v.is_floating_point() and v.ndim >= 1)
+        inputs[mask_key] = pad_stack([torch.ones(len(x[first]), dtype=torch.long) for x in xs], 0)  # (B, T)
+    targets = None if ys[0] is None else _collate_tree(ys, ignore_index)
+    return inputs, targets
+
+
+def _ragged(xs: list) -> bool:
+    return any(a.shape != b.shape for x in xs[1:] for a, b in zip(tree_leaves(xs[0]), tree_leaves(x)))
+
+
+def _collate_tree(trees: list, pad) -> Tree:
+    first = trees[0]
+    if isinstance(first, dict):
+        return {k: _collate_tree([t[k] for t in trees], pad) for k in first}
+    if isinstance(first, (tuple, list)):
+        return tuple(_collate_tree([t[i] for t in trees], pad) for i in range(len(first)))
+    if all(t.shape == first.shape for t in trees):
+        return torch.stack(trees)
+    if first.is_floating_point() or first.ndim == 0:
+        raise ValueError(f"cannot batch float inputs of different shapes {sorted({tuple(t.shape) for t in trees})}; "
+                         "resize them to one shape in the dataset")
+    return pad_stack(trees, pad)  # (B, T_max, ...)
+
+
+def trim_padding(inputs: Tree, targets: Tree | None, mask_key: str = "attention_mask",
+                 ignore_index: int = -100) -> tuple[Tree, Tree | None]:
+    """Cut in-memory sequences padded to a fixed length down to the longest real sequence in this batch.
+
+    Only dict inputs with a (B, T) `mask_key` are trimmed: every (B, T, ...) input leaf and every (B, T) target leaf
+    keeps its first T' = max(mask.sum(1)) positions.
+    """
+    if not isinstance(inputs, dict) or mask_key not in inputs:
+        return inputs, targets
+    mask = inputs[mask_key]  # (B, T)
+    t_full = mask.shape[1]
+    t_keep = int(mask.sum(1).max()) if mask.numel() else t_full
+    if t_keep >= t_full or t_keep == 0:
+        return inputs, targets
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        return t[:, :t_keep] if t.ndim >= 2 and t.shape[1] == t_full else t
+
+    return tree_map(cut, inputs), None if targets is None else tree_map(cut, targets)
+
+
+def memmap_split(folder: str | os.PathLike) -> ArraySplit:
+    """An ArraySplit over ``.npy`` files read lazily (``numpy.load(mmap_mode="r")``): ``x.npy`` or ``x.<name>.npy`` for
+    dict inputs, and ``y.npy`` / ``y.<name>.npy`` (absent for unlabelled data). Indexing reads only those rows, so the
+    split may be larger than memory."""
+    folder = Path(folder)
+
+    def load(prefix: str) -> Tree | None:
+        if (folder / f"{prefix}.npy").is_file():
+            return _mm(folder / f"{prefix}.npy")
+        parts = sorted(folder.glob(f"{prefix}.*.npy"))
+        return {p.name[len(prefix) + 1:-4]: _mm(p) for p in parts} or None
+
+    x = load("x")
+    if x is None:
+        raise DataNotFoundError(f"{folder} holds no x.npy or x.<name>.npy; write the inputs with numpy.save first")
+    return ArraySplit(x, load("y"))
+
+
+def _mm(path: Path) -> torch.Tensor:
+    import warnings
+
+    arr = np.load(path, mmap_mode="r")
+    with warnings.catch_warnings():  # read-only memory map: the trainer never writes into inputs
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(arr)
 
 
 @dataclass(frozen=True)
@@ -97,17 +274,31 @@ class DatasetInfo:
 
     ``mean``/``std`` are per channel (already applied to ``x``); ``checksums`` maps each file read to the sha256 that
     was verified against a pinned value (empty when nothing pinned exists, e.g. a user's IDX folder);
-    ``augmentable`` says whether :func:`random_shift` makes sense for it (2-D images of at least 28x28).
+    ``augmentable`` says whether :func:`random_shift` makes sense for it (2-D images of at least 28x28);
+    ``task`` is the task its targets are made for; ``preprocessing`` is what a deployer must do to raw data before
+    the model sees it (layout, scaling, mean/std, tokenizer file and max length), written into exported artifacts.
     """
 
     name: str
-    num_classes: int
+    num_classes: int | None
     input_shape: tuple[int, ...]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    source: str
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    source: str = ""
     checksums: dict[str, str] = field(default_factory=dict)
     augmentable: bool = False
+    task: str = "classification"
+    preprocessing: dict = field(default_factory=dict)
+
+    def deploy_preprocessing(self) -> dict:
+        """The preprocessing a mobile engineer must apply: explicit fields, else the image normalisation."""
+        if self.preprocessing:
+            return dict(self.preprocessing)
+        if self.mean:
+            return {"layout": "NCHW" if len(self.input_shape) == 3 else "NC...", "scale": "pixel / 255",
+                    "mean": list(self.mean), "std": list(self.std),
+                    "formula": "x = (pixel / 255 - mean[c]) / std[c]"}
+        return {}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -115,9 +306,9 @@ class DatasetInfo:
 
 @dataclass
 class DatasetSplits:
-    train: ArraySplit
-    val: ArraySplit
-    test: ArraySplit
+    train: Split
+    val: Split
+    test: Split
     info: DatasetInfo
 
     def sizes(self) -> dict[str, int]:
@@ -129,14 +320,17 @@ class IDXFormatError(OndeviceError, ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------- registry
-Loader = Callable[..., DatasetSplits]  # fn(*, root: Path | None, seed: int, val_fraction: float) -> DatasetSplits
+Loader = Callable[..., DatasetSplits]  # fn(*, root: Path | None, seed: int, val_fraction: float, **kw) -> DatasetSplits
 DATASETS: Registry[Loader] = Registry("dataset")
 
 
 def register_dataset(name: str, fn: Loader | None = None, *, overwrite: bool = False):
-    """Register a loader ``fn(*, root, seed, val_fraction) -> DatasetSplits``; usable as a decorator.
+    """Register a loader ``fn(*, root, seed, val_fraction, **kwargs) -> DatasetSplits``; usable as a decorator.
 
-    ``load_dataset`` applies ``limit_*`` afterwards, so a loader returns its full splits.
+    ``kwargs`` are the recipe's ``data.kwargs``. ``load_dataset`` applies ``limit_*`` afterwards, so a loader returns
+    its full splits. Registered names are visible to every CLI command of the process that registered them; for a
+    dataset every command (and every worker process) sees, give the recipe a reference ``"package.module:factory"``
+    instead (see :func:`load_dataset`).
     """
     return DATASETS.register(name, fn, overwrite=overwrite)
 
@@ -145,22 +339,66 @@ def dataset_names() -> list[str]:
     return DATASETS.names()
 
 
+def resolve_loader(name: str) -> Loader:
+    """A registered name, or ``package.module:factory`` / ``path/file.py:factory`` (imported on demand)."""
+    if ":" in name:
+        from .models import resolve_reference
+
+        return resolve_reference(name, "dataset")
+    return DATASETS.get(name)  # unknown names list the valid ones
+
+
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, val_fraction: float = 0.1,
                  limit_train: int | None = None, limit_val: int | None = None,
-                 limit_test: int | None = None) -> DatasetSplits:
-    """Load a registered dataset as in-memory tensors (see the module docstring for names and split rules)."""
-    loader = DATASETS.get(name)  # unknown names list the valid ones
+                 limit_test: int | None = None, kwargs: dict | None = None) -> DatasetSplits:
+    """Load a dataset by registered name or ``package.module:factory`` (see the module docstring for split rules).
+
+    A factory is called as ``factory(root=..., seed=..., val_fraction=..., **kwargs)`` and returns either
+    DatasetSplits, or a dict/tuple of its ``train``/``val``/``test`` splits: ArraySplits or map-style datasets whose
+    items are ``(inputs, target)`` pairs or dicts with a ``labels`` key (read lazily, batched by :func:`pad_collate`).
+    """
+    loader = resolve_loader(name)
     if not 0.0 <= float(val_fraction) < 1.0:
         raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
     for key, lim in (("limit_train", limit_train), ("limit_val", limit_val), ("limit_test", limit_test)):
-        if lim is not None and (not isinstance(lim, int) or lim < 0):
+        if lim is not None and (not isinstance(lim, int) or isinstance(lim, bool) or lim < 0):
             raise ConfigError(f"{key} must be a non-negative int or None, got {lim!r}")
-    splits = loader(root=None if root is None else Path(root).expanduser(), seed=int(seed),
-                    val_fraction=float(val_fraction))
-    if not isinstance(splits, DatasetSplits):
-        raise TypeError(f"dataset loader {name!r} returned {type(splits).__name__}, expected DatasetSplits")
+    try:
+        splits = loader(root=None if root is None else Path(root).expanduser(), seed=int(seed),
+                        val_fraction=float(val_fraction), **dict(kwargs or {}))
+    except TypeError as e:
+        if kwargs and "unexpected keyword" in str(e):
+            raise ConfigError(f"dataset {name!r} does not take data.kwargs {sorted(kwargs)}: {e}") from None
+        raise
+    splits = _as_splits(splits, name)
     return DatasetSplits(splits.train.take(limit_train), splits.val.take(limit_val), splits.test.take(limit_test),
                          splits.info)
+
+
+def load_data(data, seed: int) -> DatasetSplits:
+    """The one place every command loads a recipe's data (``data`` is a recipe's DataSpec)."""
+    return load_dataset(data.dataset, root=data.root, seed=seed, val_fraction=data.val_fraction,
+                        limit_train=data.limit_train, limit_val=data.limit_val, limit_test=data.limit_test,
+                        kwargs=getattr(data, "kwargs", None))
+
+
+def _as_splits(obj, name: str) -> DatasetSplits:
+    if isinstance(obj, DatasetSplits):
+        return obj
+    if isinstance(obj, dict) and {"train", "val", "test"} <= set(obj):
+        parts = [obj["train"], obj["val"], obj["test"]]
+        info = obj.get("info")
+    elif isinstance(obj, (tuple, list)) and len(obj) in (3, 4):
+        parts, info = list(obj[:3]), (obj[3] if len(obj) == 4 else None)
+    else:
+        raise TypeError(f"dataset {name!r} returned {type(obj).__name__}; expected DatasetSplits, or train/val/test "
+                        "splits as a dict or a (train, val, test) tuple")
+    splits = [p if isinstance(p, (ArraySplit, SampleSplit)) else SampleSplit(p) for p in parts]
+    if info is None:
+        x0, _ = splits[0].sample(0)
+        info = DatasetInfo(name=name, num_classes=None, input_shape=tuple(tree_leaves(x0)[0].shape),
+                           source=f"{name} (user factory)")
+    return DatasetSplits(*splits, info)
 
 
 # ---------------------------------------------------------------------------------------------------- shared helpers
@@ -420,32 +658,24 @@ def _load_mnist1d(*, root: Path | None, seed: int, val_fraction: float) -> Datas
 
 # ---------------------------------------------------------------------------------------------------- torch datasets
 def from_torch_dataset(ds, *, num_classes: int | None = None) -> ArraySplit:
-    """Materialise any torch Dataset of (tensor-like, int) pairs into an ArraySplit (x float32 (N, ...), y (N,)).
+    """Materialise a map-style torch Dataset into an in-memory ArraySplit, keeping every input's dtype and form.
 
-    With `num_classes`, labels outside [0, num_classes) raise ValueError. No normalisation is applied.
+    Items are ``(inputs, target)`` pairs -- inputs a tensor/array, a tuple such as ``(ids, mask)`` or a dict such as
+    ``{"input_ids": ..., "attention_mask": ...}`` -- or dicts with the target under ``labels``. Integer sequences of
+    different lengths are padded to the longest (with an ``attention_mask`` for dict inputs). No normalisation is
+    applied. With `num_classes`, class labels outside [0, num_classes) raise ValueError. For data that does not fit
+    in memory use :class:`SampleSplit` (read lazily) instead.
     """
-    xs, ys = [], []
-    for i in range(len(ds)):
-        item = ds[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise TypeError(f"from_torch_dataset: item {i} is {type(item).__name__}; expected an (input, label) pair")
-        x, y = item
-        try:
-            xs.append(torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x, dtype=torch.float32))
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"from_torch_dataset: input {i} ({type(x).__name__}) is not tensor-like; add a "
-                            f"transform such as torchvision's ToTensor ({e})") from None
-        ys.append(int(y))
-    if not xs:
+    samples = [split_item(ds[i], i) for i in range(len(ds))]
+    if not samples:
         raise ValueError("from_torch_dataset: the dataset is empty")
-    shapes = {tuple(t.shape) for t in xs}
-    if len(shapes) != 1:
-        raise ValueError(f"from_torch_dataset: inputs have different shapes {sorted(shapes)[:4]}; resize them first")
-    y_t = torch.tensor(ys, dtype=torch.long)  # (N,)
-    if num_classes is not None and (int(y_t.min()) < 0 or int(y_t.max()) >= num_classes):
-        raise ValueError(f"from_torch_dataset: labels span [{int(y_t.min())}, {int(y_t.max())}] but "
-                         f"num_classes={num_classes}")
-    return ArraySplit(torch.stack(xs), y_t)
+    x, y = pad_collate(samples)
+    if isinstance(y, torch.Tensor) and y.ndim == 1 and not y.is_floating_point():
+        y = y.long()  # (N,) class ids
+        if num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise ValueError(f"from_torch_dataset: labels span [{int(y.min())}, {int(y.max())}] but "
+                             f"num_classes={num_classes}")
+    return ArraySplit(x, y)
 
 
 # ---------------------------------------------------------------------------------------------------- augmentation

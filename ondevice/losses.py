@@ -47,6 +47,7 @@ __all__ = [
     "FitNetsLoss",
     "ATLoss",
     "kd_kl",
+    "kd_kl_topk",
     "dkd_terms",
     "attention_map",
 ]
@@ -63,13 +64,21 @@ DKD_GT_MASK_CONSTANT = 1000.0
 # --------------------------------------------------------------------------------------------------------------------
 @dataclass
 class LossInputs:
-    """Everything a loss may look at for one batch. Feature dicts map a module path (``"features.3"``) to its output."""
+    """Everything a loss may look at for one batch (one *view*: see ``ondevice.tasks``).
 
-    student_logits: Tensor  # (B, C)
-    teacher_logits: Tensor | None  # (B, C); None for student-only training
-    targets: Tensor  # (B,) int64 class indices
+    Logits are always 2-D with the class/vocabulary axis last: a language model's (B, T, V) logits arrive as (N, V)
+    over the N positions that count, so softmax-based losses never normalise over time. Feature dicts map a module
+    path (``"features.3"``, ``"encoder.layer.2"``) to its output: (B, C, H, W) maps, (B, D) vectors or (B, T, D)
+    token states; ``mask`` (B, T) marks the real tokens of sequence features (None for images).
+    """
+
+    student_logits: Tensor  # (N, C) logits, or (N, D) vectors for the embedding task
+    teacher_logits: Tensor | None  # (N, C); None for student-only training (or when only top-k is kept)
+    targets: Tensor | None  # (N,) int64 class ids; None where the task has no labels
     student_features: dict[str, Tensor] = field(default_factory=dict)  # path -> (B, ...)
     teacher_features: dict[str, Tensor] = field(default_factory=dict)  # path -> (B, ...)
+    mask: Tensor | None = None  # (B, T) bool: real (non-padding) positions of sequence features
+    teacher_topk: tuple[Tensor, Tensor] | None = None  # (values (N, k), indices (N, k)): the teacher's k top logits
 
 
 def _feature(inp: LossInputs, side: str, path: str, loss_name: str) -> Tensor:
@@ -248,12 +257,26 @@ class CombinedLoss(nn.Module):
         for m in self.members:
             m.build(student_shapes, teacher_shapes)
 
-    def forward(self, inp: LossInputs) -> tuple[Tensor, dict[str, float]]:
+    def teacher_top_k(self) -> int | None:
+        """The smallest top-k any member asks the teacher cache to keep (None: keep full logits)."""
+        ks = [m.top_k for m in self.members if getattr(m, "top_k", None)]
+        return min(ks) if ks else None
+
+    def forward(self, inp: LossInputs | list[tuple[float, LossInputs]],
+                as_tensors: bool = False) -> tuple[Tensor, dict[str, Any]]:
+        """Weighted total and parts. `inp` is one LossInputs or weighted views ``[(head_weight, LossInputs), ...]``
+        (a multi-head model): logit losses sum over the views, feature losses (which read module outputs shared by
+        every head) are computed once on the first. Parts are floats, or detached 0-d tensors with `as_tensors`
+        (no device sync: what the trainer uses on GPUs)."""
+        views = [(1.0, inp)] if isinstance(inp, LossInputs) else list(inp)
         total: Tensor | None = None
-        parts: dict[str, float] = {}
+        parts: dict[str, Any] = {}
         for key, w, m in zip(self.keys, self.weights, self.members):
-            term = w * m(inp)  # () scalar
-            parts[key] = float(term.detach())
+            if m.feature_layers() or len(views) == 1:
+                term = w * m(views[0][1])  # () scalar
+            else:
+                term = w * sum(hw * m(v) for hw, v in views)  # () scalar
+            parts[key] = term.detach() if as_tensors else float(term.detach())
             total = term if total is None else total + term
         assert total is not None
         return total, parts
@@ -357,21 +380,52 @@ class KDLoss(DistillLoss):
     student matches the *shape* of the teacher's logits rather than their scale. It matters for over-confident
     teachers: the ccexam MNIST CNN's logits have a per-sample spread of ~36, so even at T = 4 its soft targets are
     99.7% one-hot and plain KD asks a tiny student to grow logits of that size.
+
+    ``top_k = k`` (language models, whose V = 49k logits per token would not fit a cache): the teacher cache keeps only
+    each position's k largest teacher logits, and the teacher distribution is renormalised over them:
+    ``p_t = softmax(t_topk / T)`` over the k kept classes, ``L = T^2 * mean_n sum_{j in topk} p_t,j (log p_t,j -
+    log softmax(s_n / T)_j)`` (the student's softmax is over the full vocabulary). The same sparse KD as
+    "sparse logit" practice for LLM distillation; with k = V it equals the full loss.
     """
 
     name = "kd"
     PARAMS = (_TEMPERATURE, Param("standardize", "true or false", lambda v: isinstance(v, bool), False, bool,
-                                  "z-score logits before the softmax (Sun et al. 2024)"))
+                                  "z-score logits before the softmax (Sun et al. 2024)"),
+              Param("top_k", "an integer >= 1 (or omit it for the full distribution)",
+                    lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), None,
+                    help="keep only the teacher's k largest logits per position (cache size for large vocabularies)"))
 
-    def __init__(self, temperature: float = 4.0, standardize: bool = False):
+    def __init__(self, temperature: float = 4.0, standardize: bool = False, top_k: int | None = None):
         super().__init__()
+        if standardize and top_k:
+            raise ConfigError("kd: standardize = true needs the teacher's full logits; drop top_k or standardize")
         self.temperature = temperature
         self.standardize = standardize
+        self.top_k = top_k
 
     def forward(self, inp: LossInputs) -> Tensor:
-        t = _teacher_logits(inp, self.name)  # (B, C)
-        kl = kd_kl(inp.student_logits, t, self.temperature, self.standardize)  # (B,)
+        if inp.teacher_topk is not None and inp.teacher_logits is None:
+            vals, idx = inp.teacher_topk  # (N, k), (N, k)
+            kl = kd_kl_topk(inp.student_logits, vals, idx, self.temperature)  # (N,)
+        else:
+            t = _teacher_logits(inp, self.name)  # (B, C)
+            if self.top_k:
+                vals, idx = t.topk(min(self.top_k, t.shape[-1]), dim=-1)  # the live teacher, cut the same way
+                kl = kd_kl_topk(inp.student_logits, vals, idx, self.temperature)
+            else:
+                kl = kd_kl(inp.student_logits, t, self.temperature, self.standardize)  # (B,)
         return self.temperature**2 * kl.mean()  # ()
+
+
+def kd_kl_topk(student_logits: Tensor, teacher_values: Tensor, teacher_indices: Tensor,
+               temperature: float) -> Tensor:
+    """Per-row KL of the teacher renormalised over its top-k classes against the student's full softmax, (N,).
+
+    student_logits (N, V); teacher_values, teacher_indices (N, k)."""
+    log_pt = F.log_softmax(teacher_values.detach().float() / temperature, dim=-1)  # (N, k)
+    log_ps = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (N, V)
+    log_ps_k = log_ps.gather(-1, teacher_indices.long())  # (N, k)
+    return (log_pt.exp() * (log_pt - log_ps_k)).sum(dim=-1)  # (N,)
 
 
 def dkd_terms(

@@ -49,7 +49,7 @@ def _import_file(path_str: str, ref: str):
 
     path = Path(path_str).expanduser().resolve()
     if not path.is_file():
-        raise ConfigError(f"model reference {ref!r}: file {path} does not exist")
+        raise ConfigError(f"reference {ref!r}: file {path} does not exist")
     name = f"_ondevice_user_{path.stem}_{abs(hash(str(path))) % 10**8}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
@@ -59,27 +59,35 @@ def _import_file(path_str: str, ref: str):
     return sys.modules[name]
 
 
-def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
-    if ":" not in ref:
-        return MODELS.get(ref)  # unknown names list the valid ones
+def resolve_reference(ref: str, kind: str = "model") -> Callable:
+    """Import a user's callable given as ``package.module:attr`` or ``path/to/file.py:attr``.
+
+    Used for model factories and dataset factories alike; every error names the reference and the fix.
+    """
     mod_name, _, attr = ref.rpartition(":")
     if not mod_name or not attr:
-        raise ConfigError(f"model reference {ref!r} must look like 'package.module:factory' or 'path/file.py:factory'")
+        raise ConfigError(f"{kind} reference {ref!r} must look like 'package.module:factory' or 'path/file.py:factory'")
     try:
         module = _import_file(mod_name, ref) if mod_name.endswith(".py") else importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
-        raise ConfigError(f"model reference {ref!r}: cannot import module {mod_name!r} ({e}); check the spelling "
+        raise ConfigError(f"{kind} reference {ref!r}: cannot import module {mod_name!r} ({e}); check the spelling "
                           "and that its folder is on PYTHONPATH or the package is installed") from e
     obj = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(module) if not n.startswith("_"))
-            raise ConfigError(f"model reference {ref!r}: module {mod_name!r} has no attribute {attr!r}; "
+            raise ConfigError(f"{kind} reference {ref!r}: module {mod_name!r} has no attribute {attr!r}; "
                               f"it defines: {', '.join(public[:20]) or '(nothing public)'}")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"model reference {ref!r}: {attr!r} is a {type(obj).__name__}, not a callable factory")
+        raise ConfigError(f"{kind} reference {ref!r}: {attr!r} is a {type(obj).__name__}, not a callable factory")
     return obj
+
+
+def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
+    if ":" not in ref:
+        return MODELS.get(ref)  # unknown names list the valid ones
+    return resolve_reference(ref, "model")
 
 
 def build_model(ref: str, *, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
