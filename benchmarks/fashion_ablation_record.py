@@ -31,7 +31,7 @@ def main(out: str, run_dirs: list[str]) -> None:
         for role, which in (("teacher", "teacher"), ("student", "student"), ("baseline", "baseline")):
             if role not in r or not (d / f"{which}.pt").exists():
                 continue
-            fit = evaluate(load_student(d, which), splits.train.x, splits.train.y)
+            fit = evaluate(load_student(d, which), splits.train)
             row[role] = {"test_errors": r[role]["test_errors"], "params": r[role]["params"], "train_acc": fit["acc"]}
         runs.append(row)
         print(json.dumps(row))

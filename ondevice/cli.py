@@ -123,13 +123,13 @@ def parse_value(raw: str):
 
 
 def _cmd_export(a) -> int:
-    from .data import load_dataset
+    from .data import load_data, load_dataset
     from .export import export_many
     from .target import get_spec, target_names
 
     if not a.source and not a.model:
         raise UsageError("give SOURCE (an `ondevice distill` output folder) or --model NAME [--weights FILE]")
-    dataset, seed, name = a.data, 0, "model"
+    dataset, seed, name, data_spec = a.data, 0, "model", None
     if a.source:
         from .distill import load_student
         from .io import read_json
@@ -137,10 +137,13 @@ def _cmd_export(a) -> int:
         src = Path(a.source)
         if not (src / "recipe.resolved.json").exists():
             raise UsageError(f"{src} is not an `ondevice distill` output folder (no recipe.resolved.json)")
-        resolved = read_json(src / "recipe.resolved.json")
+        from .config import recipe_from_dict
+
+        recipe = recipe_from_dict(read_json(src / "recipe.resolved.json"), str(src / "recipe.resolved.json"))
         model = load_student(src, a.which)
-        dataset = dataset or resolved["data"]["dataset"]
-        seed, name = resolved["seed"], a.which
+        data_spec = None if dataset else recipe.data  # the run's own data: root, kwargs, splits and limits
+        dataset = dataset or recipe.data.dataset
+        seed, name = recipe.seed, a.which
         out = Path(a.out or src / "artifacts")
     else:
         from .models import build_model
@@ -152,7 +155,7 @@ def _cmd_export(a) -> int:
         out = Path(a.out or "artifacts")
     if not dataset:
         raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
-    splits = load_dataset(dataset, seed=seed)
+    splits = load_data(data_spec, seed) if data_spec is not None else load_dataset(dataset, seed=seed)
     calib = splits.train.x[: a.calibration_samples].numpy()
     verify = (splits.test.x[: a.verify_samples].numpy(), splits.test.y[: a.verify_samples].numpy())
     targets = a.target or [t for t in target_names() if not get_spec(t).missing_packages()]

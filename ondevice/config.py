@@ -38,6 +38,18 @@ class TrainSpec(_Strict):
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule='step'")
     grad_clip: float | None = Field(None, gt=0)
     eval_batch_size: int = Field(1000, ge=1)
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (auto: cuda if present, else cpu)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast precision for training (fp16 adds a GradScaler); export is unaffected")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"expected auto, cpu, cuda, cuda:N or mps, got {v!r}")
+        return v
 
 
 class AugmentSpec(_Strict):
@@ -62,13 +74,37 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    dataset: str = Field(min_length=1, description="digits | mnist | fashion-mnist | mnist1d | idx | a registered name")
+    dataset: str = Field(min_length=1, description="digits | mnist | fashion-mnist | mnist1d | idx | wordnet | "
+                                                    "a registered name | package.module:factory")
     root: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="options passed to the dataset loader/factory "
+                                                                     "(e.g. tokenizer, max_length)")
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     limit_train: int | None = Field(None, ge=1)
     limit_val: int | None = Field(None, ge=1)
     limit_test: int | None = Field(None, ge=1)
     augment: AugmentSpec = Field(default_factory=AugmentSpec)
+
+
+class TaskSpec(BaseModel):
+    """``task = "token_lm"`` or ``[task] name = "multi_output" heads = {...}``; parameters are checked by
+    ondevice.tasks."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = Field("classification", min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    def build(self):
+        from .tasks import build_task
+
+        return build_task(self.name, self.params())
 
 
 class LossSpec(BaseModel):
@@ -136,15 +172,21 @@ class GatesSpec(_Strict):
     regression_tolerance: float = Field(0.05, ge=0, description="relative worsening allowed vs the baseline")
 
 
+_LATER_SECTIONS = frozenset({"task", "seeds"})
+
+
 class Recipe(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = "run"
     seed: int = 0
+    seeds: list[int] | None = Field(None, min_length=1, description="train the distilled and the hard-label student "
+                                    "once per seed (paired inits); results report mean, spread and a paired CI")
     output_dir: str = "runs/run"
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     teacher: ModelSpec
     student: ModelSpec
     data: DataSpec
+    task: TaskSpec = Field(default_factory=TaskSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     distill: DistillSpec = Field(default_factory=DistillSpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
@@ -166,9 +208,21 @@ class Recipe(_Strict):
         return self
 
     # -- helpers --------------------------------------------------------------------------------------------
+    @model_validator(mode="after")
+    def _unique_seeds(self) -> "Recipe":
+        if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds: expected distinct seeds, got {self.seeds}")
+        return self
+
+    @property
+    def student_seeds(self) -> list[int]:
+        """The seeds the students are trained with (the data split always follows `seed`)."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
     def to_dict(self) -> dict[str, Any]:
         d = self.model_dump(mode="json")
         d["distill"]["losses"] = [l.as_dict() for l in self.distill.losses]
+        d["task"] = {"name": self.task.name, **self.task.params()}
         return d
 
     def section_hash(self, *sections: str) -> str:
@@ -178,7 +232,11 @@ class Recipe(_Strict):
         does not invalidate checkpoints and cached stages written before it existed.
         """
         d = self.model_dump(mode="json", exclude_defaults=True)
-        payload = {s: d.get(s) for s in sections}
+        for t in (d.get("train"), (d.get("teacher") or {}).get("train")):
+            if isinstance(t, dict):
+                t.pop("device", None)  # a checkpoint resumes on any device
+        # sections added after checkpoints existed enter the hash only when set, so old hashes stay valid
+        payload = {s: d.get(s) for s in sections if s in d or s not in _LATER_SECTIONS}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -377,7 +435,16 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
             check(f"{role}.model", lambda ref=ref: models.MODELS.get(ref))
     from . import data
 
-    check("data.dataset", lambda: data.DATASETS.get(recipe.data.dataset))
+    check("data.dataset", lambda: data.resolve_loader(recipe.data.dataset))
+
+    def task_and_losses() -> None:
+        task = recipe.task.build()
+        task.check_losses([l.name for l in recipe.distill.losses])
+        if recipe.distill.baseline and not task.has_labels:
+            raise ConfigError(f"distill.baseline: task {task.name!r} has no labels to train a hard-label baseline on; "
+                              "set distill.baseline = false")
+
+    check("task", task_and_losses)
     from .losses import build_loss
 
     def losses() -> None:

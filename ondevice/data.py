@@ -723,3 +723,8 @@ def augment_batch(x: torch.Tensor, shift: int = 0, hflip: bool = False,
     if hflip:
         x = random_hflip(x, generator)
     return x
+
+
+from . import text as _text  # noqa: E402  (registers the text datasets: wordnet, wordnet-lm)
+
+_text.register()

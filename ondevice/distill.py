@@ -1,18 +1,24 @@
 """`ondevice.distill(recipe)`: teacher -> distilled student (+ hard-label baseline), written to recipe.output_dir.
 
 Output folder:
-    student.pt            distilled student, best validation epoch (state dict)
+    student.pt            distilled student, best validation epoch (state dict); with several seeds, the first seed's
     baseline.pt           the same student trained on hard labels alone (when distill.baseline)
     teacher.pt            the teacher, when ondevice trained it (teacher.train)
-    results.json          teacher / student / baseline test metrics, what distillation bought, how it was run
+    seeds/<k>/            student.pt and baseline.pt of every further seed (recipe.seeds)
+    results.json          teacher / student / baseline test metrics, per seed and summarised (mean, spread, paired CI),
+                          what distillation bought, the task, the input spec and how it was run
     metrics.jsonl         one line per epoch per phase
     recipe.resolved.json  the fully resolved recipe (+ .toml)
     checkpoints/          per-phase checkpoints used to resume
+
+The steps, in order: prepare (device, folders) -> load data and the task -> build teacher and student and check that
+they take the data's inputs (before any training) -> train the teacher if asked -> per seed, distil and train the
+hard-label baseline from the same init -> evaluate -> write results.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +27,8 @@ import torch
 from .config import Recipe, dump_toml
 from .io import atomic_write_json, atomic_write_text, machine_record, read_json
 from .progress import status
-from .train import (DistInfo, PhaseResult, TeacherOutputs, evaluate, feature_shapes, init_distributed, train_phase,
-                    write_metrics)
+from .train import (DistInfo, PhaseResult, PhaseSetup, TeacherOutputs, autocast_factory, evaluate, feature_shapes,
+                    init_distributed, resolve_device, train_phase, write_metrics)
 
 
 @dataclass
@@ -40,31 +46,51 @@ def _save_state(path: Path, model: torch.nn.Module) -> None:
     from .io import atomic_write_bytes
 
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def build_student(recipe: Recipe) -> torch.nn.Module:
-    """The student with its seeded initialisation (identical for the distilled run and the baseline)."""
-    from .models import build_model
+# ------------------------------------------------------------------------------------------------ models
+def _build(spec, *, teacher: torch.nn.Module | None = None, skip_pretrained: bool = False) -> torch.nn.Module:
+    """A model from its recipe section: registry name, reference, ``hf:<folder>``, or ``from_teacher``."""
+    from .models import build_model, student_from_teacher
 
-    torch.manual_seed(recipe.seed)
-    return build_model(recipe.student.model, weights=recipe.student.weights, **recipe.student.kwargs)
+    kwargs = dict(spec.kwargs)
+    if skip_pretrained:
+        kwargs.pop("pretrained", None)
+    if spec.model == "from_teacher":
+        if teacher is None:
+            from .errors import ConfigError
+
+            raise ConfigError("student.model = 'from_teacher' needs a teacher to copy layers from")
+        return student_from_teacher(teacher, **kwargs)
+    return build_model(spec.model, weights=spec.weights, **kwargs)
+
+
+def build_student(recipe: Recipe, teacher: torch.nn.Module | None = None, seed: int | None = None) -> torch.nn.Module:
+    """The student with its seeded initialisation (identical for the distilled run and the baseline of one seed)."""
+    torch.manual_seed(recipe.seed if seed is None else seed)
+    return _build(recipe.student, teacher=teacher)
 
 
 def load_student(output_dir: str | Path, which: str = "student") -> torch.nn.Module:
     """Rebuild a student (or baseline/teacher) from an `ondevice distill` output folder."""
-    from .models import build_model
+    from .config import recipe_from_dict
+    from .models import load_weights
 
     out = Path(output_dir)
-    resolved = read_json(out / "recipe.resolved.json")
-    role = "teacher" if which == "teacher" else "student"
-    spec = resolved[role]
+    recipe = recipe_from_dict(read_json(out / "recipe.resolved.json"), str(out / "recipe.resolved.json"))
     weights = out / f"{which}.pt"
-    if which == "teacher" and not weights.exists():
-        return build_model(spec["model"], weights=spec.get("weights"), **spec.get("kwargs", {})).eval()
-    return build_model(spec["model"], weights=str(weights), **{k: v for k, v in spec.get("kwargs", {}).items()
-                                                               if k != "pretrained"}).eval()
+    if which == "teacher":
+        if not weights.exists():
+            return _build(recipe.teacher).eval()
+        return load_weights(_build(recipe.teacher, skip_pretrained=True), weights, what="teacher").eval()
+    teacher = _build(recipe.teacher) if recipe.student.model == "from_teacher" else None
+    if teacher is not None and (out / "teacher.pt").exists():
+        load_weights(teacher, out / "teacher.pt", what="teacher")
+    spec = recipe.student.model_copy(update={"weights": None})
+    model = _build(spec, teacher=teacher, skip_pretrained=True)
+    return load_weights(model, weights, what=which).eval()
 
 
 def teacher_fit_note(teacher_train_acc: float, baseline_train_acc: float | None) -> str | None:
@@ -81,30 +107,42 @@ def teacher_fit_note(teacher_train_acc: float, baseline_train_acc: float | None)
             f"teacher to fit its training data better (less dropout/augmentation, more epochs) or raise the ce weight.")
 
 
-def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> tuple[torch.nn.Module, PhaseResult | None]:
-    from .losses import build_loss
-    from .models import build_model
+# ------------------------------------------------------------------------------------------------ the run context
+@dataclass
+class Run:
+    """What every step reads: the recipe, the task, the data, where to write, and how to train."""
 
-    t = recipe.teacher
-    if t.train is None:
-        return build_model(t.model, weights=t.weights, **t.kwargs).eval(), None
-    torch.manual_seed(recipe.seed + 1)
-    model = build_model(t.model, **t.kwargs)
-    h = recipe.section_hash("teacher", "data", "seed")  # a finished checkpoint makes this a no-op reuse
-    res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x, splits.train.y,
-                      splits.val.x, splits.val.y, t.train, seed=recipe.seed + 1, ckpt_dir=out / "checkpoints",
-                      recipe_hash=h, augment=t.augment or recipe.data.augment, resume=resume, di=di)
-    if di.is_main:
-        _save_state(out / "teacher.pt", res.model)
-    return res.model.eval(), res
+    recipe: Recipe
+    out: Path
+    di: DistInfo
+    device: torch.device
+    resume: bool
+    task: Any = None
+    splits: Any = None
+    spec: Any = None  # InputSpec
+    t_start: float = field(default_factory=time.perf_counter)
+
+    def setup(self, train_spec, *, seed: int, phase_hash: str, teacher: TeacherOutputs | None = None,
+              student_layers: list[str] | None = None, augment=None) -> PhaseSetup:
+        dev = resolve_device(train_spec.device) if train_spec.device != self.recipe.train.device else self.device
+        return PhaseSetup(spec=train_spec, seed=seed, task=self.task, ckpt_dir=self.out / "checkpoints",
+                          recipe_hash=phase_hash, teacher=teacher, student_layers=student_layers or [],
+                          augment=augment, resume=self.resume, di=self.di, device=dev,
+                          precision=train_spec.precision)
+
+    def evaluate(self, model: torch.nn.Module, split, teacher: torch.nn.Module | None = None) -> dict:
+        """Task metrics; the teacher is run alongside only for tasks that compare with it (agreement, cosine)."""
+        t = self.recipe.train
+        return evaluate(model, split, t.eval_batch_size, task=self.task, device=self.device,
+                        teacher=teacher if self.task.eval_with_teacher else None,
+                        autocast=autocast_factory(self.device, t.precision))
 
 
-def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> DistillResult:
-    """Run distillation as the recipe says; see the module docstring for what is written."""
-    from .data import load_dataset
-    from .losses import build_loss
-
-    di = init_distributed()
+def _prepare(recipe: Recipe, resume: bool, fresh: bool) -> Run:
+    device = resolve_device(recipe.train.device)  # a missing CUDA device fails here, before anything is written
+    di = init_distributed(device)
+    if di.enabled and device.type == "cuda":
+        device = torch.device("cuda", di.local_rank)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)
@@ -116,105 +154,261 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
     if di.enabled:
         torch.distributed.barrier()
     out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
-    resolved = recipe.to_dict()
     if di.is_main:
+        resolved = recipe.to_dict()
         atomic_write_json(out / "recipe.resolved.json", resolved)
         atomic_write_text(out / "recipe.resolved.toml", dump_toml(resolved))
+    return Run(recipe, out, di, device, resume)
 
-    d = recipe.data
-    splits = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
-                          limit_train=d.limit_train, limit_val=d.limit_val, limit_test=d.limit_test)
-    status(f"data: {d.dataset} train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} "
-           f"from {splits.info.source}")
-    teacher, teacher_phase = _teacher(recipe, splits, out, di, resume)
-    teacher_test = evaluate(teacher, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
-    status(f"teacher: test accuracy {teacher_test['acc']:.4f} ({teacher_test['errors']} errors)")
 
-    # -- distilled student ------------------------------------------------------------------------------------
-    loss = build_loss([l.as_dict() for l in recipe.distill.losses])
+def _load_data(run: Run) -> None:
+    from .data import load_data
+
+    r = run.recipe
+    run.task = r.task.build()
+    run.task.check_losses([l.name for l in r.distill.losses])
+    run.splits = load_data(r.data, r.seed)
+    s = run.splits
+    status(f"data: {r.data.dataset} train {len(s.train)} / val {len(s.val)} / test {len(s.test)} from "
+           f"{s.info.source}; task {run.task.name}; device {run.device}, precision {r.train.precision}")
+
+
+# ------------------------------------------------------------------------------------------------ teacher
+def _teacher(run: Run) -> tuple[torch.nn.Module, PhaseResult | None]:
+    from .losses import build_loss
+
+    r, t = run.recipe, run.recipe.teacher
+    if t.train is None:
+        model = _build(t).eval()
+        check_model(run, model, "teacher")
+        return model.to(run.device), None
+    torch.manual_seed(r.seed + 1)
+    model = _build(t, skip_pretrained=False)
+    check_model(run, model, "teacher")
+    h = r.section_hash("teacher", "data", "seed", "task")  # a finished checkpoint makes this a no-op reuse
+    st = run.setup(t.train, seed=r.seed + 1, phase_hash=h, augment=t.augment or r.data.augment)
+    res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), run.splits.train,
+                      run.splits.val, st)
+    if run.di.is_main:
+        _save_state(run.out / "teacher.pt", res.model)
+    return res.model.eval(), res
+
+
+def check_model(run: Run, model: torch.nn.Module, role: str) -> None:
+    """Before any training: the model takes the data's inputs, its outputs fit the task, labels fit its classes, and
+    a tokenizer's vocabulary fits its embedding table. Every failure names the key, the value and the fix."""
+    from .checks import check_model_on_data
+
+    check_model_on_data(model, run.splits, run.task, role=role, recipe_key=f"{role}.model")
+
+
+# ------------------------------------------------------------------------------------------------ students
+@dataclass
+class SeedRun:
+    seed: int
+    student: torch.nn.Module
+    phase: PhaseResult
+    test: dict
+    baseline: torch.nn.Module | None = None
+    base_phase: PhaseResult | None = None
+    base_test: dict | None = None
+
+
+def _phase_name(base: str, seed: int, run: Run) -> str:
+    return base if seed == run.recipe.student_seeds[0] else f"{base}.seed{seed}"
+
+
+def _distilled(run: Run, teacher: torch.nn.Module, seed: int, t_out_cache: dict) -> tuple:
+    from .losses import build_loss
+
+    r = run.recipe
+    loss = build_loss([l.as_dict() for l in r.distill.losses])
     pairs = loss.feature_layers()
-    s_layers = sorted({s for s, _ in pairs})
-    t_layers = sorted({t for _, t in pairs})
-    student = build_student(recipe)
-    x1 = splits.train.x[:1]
+    s_layers, t_layers = sorted({s for s, _ in pairs}), sorted({t for _, t in pairs})
+    student = build_student(r, teacher, seed).to(run.device)
+    if seed == r.student_seeds[0]:
+        check_model(run, student, "student")
+    x1 = run.splits.train.batch(torch.arange(1))[0]
+    x1 = _to(x1, run.device)
     loss.build(feature_shapes(student, s_layers, x1, "student"), feature_shapes(teacher, t_layers, x1, "teacher"))
-    cache = recipe.distill.cache_teacher == "auto" and not recipe.data.augment.active
-    t_out = TeacherOutputs(teacher, t_layers, splits.train.x, cache=cache,
-                           budget_mb=recipe.distill.cache_budget_mb) if loss.needs_teacher else None
-    h = recipe.section_hash("teacher", "student", "data", "train", "distill", "seed")
-    res = train_phase("distill", student, loss, splits.train.x, splits.train.y, splits.val.x, splits.val.y,
-                      recipe.train, seed=recipe.seed, ckpt_dir=ckpt_dir, recipe_hash=h, teacher=t_out,
-                      student_layers=s_layers, augment=recipe.data.augment, resume=resume, di=di)
-    student_test = evaluate(res.model, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
-    status(f"student (distilled): test accuracy {student_test['acc']:.4f} ({student_test['errors']} errors)")
+    if loss.needs_teacher and "t_out" not in t_out_cache:  # built once, shared by every seed
+        cache = r.distill.cache_teacher == "auto" and not r.data.augment.active
+        t_out_cache["t_out"] = TeacherOutputs(
+            teacher, t_layers, run.splits.train, task=run.task, cache=cache, budget_mb=r.distill.cache_budget_mb,
+            batch_size=r.train.eval_batch_size, device=run.device,
+            autocast=autocast_factory(run.device, r.train.precision), top_k=loss.teacher_top_k())
+    t_out = t_out_cache.get("t_out") if loss.needs_teacher else None
+    h = r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task")
+    st = run.setup(r.train, seed=seed, phase_hash=h, teacher=t_out, student_layers=s_layers, augment=r.data.augment)
+    res = train_phase(_phase_name("distill", seed, run), student, loss, run.splits.train, run.splits.val, st)
+    return res, t_out
 
-    # -- hard-label baseline, same init and schedule ----------------------------------------------------------------
-    base_res, base_test, baseline = None, None, None
-    if recipe.distill.baseline:
-        baseline = build_student(recipe)
-        base_res = train_phase("baseline", baseline, build_loss([{"name": "ce", "weight": 1.0}]), splits.train.x,
-                               splits.train.y, splits.val.x, splits.val.y, recipe.train, seed=recipe.seed,
-                               ckpt_dir=ckpt_dir, recipe_hash=h, augment=recipe.data.augment,
-                               resume=resume, di=di)
-        base_test = evaluate(baseline, splits.test.x, splits.test.y, recipe.train.eval_batch_size)
-        status(f"student (hard labels only): test accuracy {base_test['acc']:.4f} ({base_test['errors']} errors)")
 
+def _baseline(run: Run, teacher: torch.nn.Module, seed: int) -> tuple[torch.nn.Module, PhaseResult]:
+    from .losses import build_loss
+
+    r = run.recipe
+    baseline = build_student(r, teacher, seed).to(run.device)
+    h = r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task")
+    st = run.setup(r.train, seed=seed, phase_hash=h, augment=r.data.augment)
+    res = train_phase(_phase_name("baseline", seed, run), baseline, build_loss([{"name": "ce", "weight": 1.0}]),
+                      run.splits.train, run.splits.val, st)
+    return baseline, res
+
+
+def _seed_run(run: Run, teacher: torch.nn.Module, seed: int, t_out_cache: dict) -> SeedRun:
+    test_split = run.splits.test
+    res, _ = _distilled(run, teacher, seed, t_out_cache)
+    sr = SeedRun(seed, res.model, res, run.evaluate(res.model, test_split, teacher))
+    status(f"student (distilled, seed {seed}): test {_metric_line(run, sr.test)}")
+    if run.recipe.distill.baseline:
+        sr.baseline, sr.base_phase = _baseline(run, teacher, seed)
+        sr.base_test = run.evaluate(sr.baseline, test_split, teacher)
+        status(f"student (hard labels only, seed {seed}): test {_metric_line(run, sr.base_test)}")
+    return sr
+
+
+def _metric_line(run: Run, m: dict) -> str:
+    p = run.task.primary
+    if "errors" in m:
+        return f"accuracy {m['acc']:.4f} ({m['errors']} errors)"
+    return f"{p} {m[p]:.4f}" + "".join(f", {k} {v:.4g}" for k, v in m.items()
+                                        if k not in (p, "n") and isinstance(v, float))
+
+
+# ------------------------------------------------------------------------------------------------ results
+def _block(test: dict, model: torch.nn.Module, phase: PhaseResult | None) -> dict:
     from .models import param_count
 
-    def block(test: dict, model: torch.nn.Module, phase: PhaseResult | None) -> dict:
-        b = {"test_acc": test["acc"], "test_errors": test["errors"], "test_loss": test["loss"], "test_n": test["n"],
-             "params": param_count(model)}
-        if phase is not None:
-            b.update(best_epoch=phase.best_epoch, best_val_acc=phase.best_val_acc)
-        return b
+    b = {"test_" + k: v for k, v in test.items()}
+    b["params"] = param_count(model)
+    if phase is not None:
+        b.update(best_epoch=phase.best_epoch, best_val_acc=phase.best_val_acc)
+    return b
 
-    # training-set fit: a teacher that gets fewer training images right than the hard-label student teaches its mistakes
-    def train_acc(model: torch.nn.Module) -> float:
-        return evaluate(model, splits.train.x, splits.train.y, recipe.train.eval_batch_size)["acc"]
 
-    cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None  # (N, C): no second teacher pass
-    results_fit = {
-        "teacher": (int((cached.argmax(1) == splits.train.y).sum()) / len(splits.train.y) if cached is not None
-                    else train_acc(teacher)),
-        "student": train_acc(res.model),
+def _train_fit(run: Run, teacher, seeds: list[SeedRun], t_out) -> tuple[dict, str | None]:
+    """Training-set accuracy (classification): a teacher that gets fewer training samples right than the hard-label
+    student teaches its mistakes."""
+    if run.task.name != "classification":
+        return {}, None
+    train = run.splits.train
+    ev = lambda m: run.evaluate(m, train)["acc"]  # noqa: E731
+    cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None  # (N, C): no second pass
+    y = train.y if hasattr(train, "y") else None
+    fit = {"teacher": (int((cached.argmax(1).cpu() == y).sum()) / len(y) if cached is not None and y is not None
+                       else ev(teacher)),
+           "student": ev(seeds[0].student)}
+    if seeds[0].baseline is not None:
+        fit["baseline"] = ev(seeds[0].baseline)
+    return fit, teacher_fit_note(fit["teacher"], fit.get("baseline"))
+
+
+def _results(run: Run, teacher, teacher_test: dict, teacher_phase, seeds: list[SeedRun], t_out) -> dict:
+    r, first = run.recipe, seeds[0]
+    res = {
+        "recipe": r.name, "dataset": r.data.dataset, "data_source": run.splits.info.source,
+        "task": run.task.describe(),
+        "input_spec": run.spec.to_dict() if run.spec is not None else None,
+        "teacher": {**_block(teacher_test, teacher, teacher_phase), "model": r.teacher.model,
+                    "trained_by_ondevice": teacher_phase is not None},
+        "student": {**_block(first.test, first.student, first.phase), "model": r.student.model},
+        "losses": [l.as_dict() for l in r.distill.losses],
+        "teacher_outputs": first.phase.teacher_outputs, "teacher_outputs_reason": first.phase.teacher_outputs_reason,
+        "epochs": r.train.epochs, "world_size": run.di.world_size, "device": str(run.device),
+        "precision": r.train.precision,
+        "measured_on": {**machine_record(), "device": _device_name(run.device)},
     }
-    if baseline is not None:
-        results_fit["baseline"] = train_acc(baseline)
-    note = teacher_fit_note(results_fit["teacher"], results_fit.get("baseline"))
-
-    results: dict[str, Any] = {
-        "recipe": recipe.name,
-        "dataset": d.dataset,
-        "data_source": splits.info.source,
-        "teacher": {**block(teacher_test, teacher, teacher_phase),
-                    "model": recipe.teacher.model, "trained_by_ondevice": teacher_phase is not None},
-        "student": {**block(student_test, res.model, res), "model": recipe.student.model},
-        "losses": [l.as_dict() for l in recipe.distill.losses],
-        "teacher_outputs": res.teacher_outputs,
-        "teacher_outputs_reason": res.teacher_outputs_reason,
-        "epochs": recipe.train.epochs,
-        "world_size": di.world_size,
-        "measured_on": machine_record(),
-        "seconds_total": time.perf_counter() - t_start,
-    }
-    if base_test is not None:
-        results["baseline"] = {**block(base_test, baseline, base_res), "model": recipe.student.model}
-        gap = base_test["errors"] - teacher_test["errors"]
-        results["distillation_gain_errors"] = base_test["errors"] - student_test["errors"]
-        results["gap_closed"] = (base_test["errors"] - student_test["errors"]) / gap if gap > 0 else None
-    for role, acc in results_fit.items():
-        results[role]["train_acc"] = acc
+    ret = run.task.retention(first.test, teacher_test)
+    if ret is not None:
+        res["student"]["retention"] = ret
+    if first.base_test is not None:
+        res["baseline"] = {**_block(first.base_test, first.baseline, first.base_phase), "model": r.student.model}
+        if "errors" in first.test:
+            gap = first.base_test["errors"] - teacher_test["errors"]
+            res["distillation_gain_errors"] = first.base_test["errors"] - first.test["errors"]
+            res["gap_closed"] = (first.base_test["errors"] - first.test["errors"]) / gap if gap > 0 else None
+    fit, note = _train_fit(run, teacher, seeds, t_out)
+    for role, acc in fit.items():
+        res[role]["train_acc"] = acc
     if note:
-        results["notes"] = [note]
+        res["notes"] = [note]
         status(f"note: {note}")
-    results["compression"] = results["teacher"]["params"] / max(1, results["student"]["params"])
-    if di.is_main:
-        _save_state(out / "student.pt", res.model)
-        if baseline is not None:
-            _save_state(out / "baseline.pt", baseline)
-        hist = ([teacher_phase.history] if teacher_phase else []) + [res.history] + ([base_res.history] if base_res else [])
-        write_metrics(out / "metrics.jsonl", hist)
-        atomic_write_json(out / "results.json", results)
-        status(f"wrote {out}/student.pt, results.json, metrics.jsonl")
-    return DistillResult(out, results, res.model, teacher, baseline)
+    if len(seeds) > 1 or r.seeds:
+        res.update(_seed_summary(seeds, teacher_test))
+    res["compression"] = res["teacher"]["params"] / max(1, res["student"]["params"])
+    res["seconds_total"] = time.perf_counter() - run.t_start
+    return res
+
+
+def _seed_summary(seeds: list[SeedRun], teacher_test: dict) -> dict:
+    """Mean, spread and the paired bootstrap CI over seeds (ondevice.stats), for classification errors."""
+    from .stats import summarize_seeds
+
+    per_seed = [{"seed": s.seed, "student": {"test_errors": s.test.get("errors"), "test_acc": s.test.get("acc")},
+                 **({"baseline": {"test_errors": s.base_test.get("errors"), "test_acc": s.base_test.get("acc")}}
+                    if s.base_test is not None else {})}
+                for s in seeds]
+    if any(p["student"]["test_errors"] is None for p in per_seed):
+        return {"seeds": [s.seed for s in seeds], "per_seed": per_seed}
+    return summarize_seeds(per_seed, teacher_test["errors"])
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def _to(tree, device):
+    from .tree import tree_to
+
+    return tree_to(tree, device)
+
+
+def _write(run: Run, results: dict, seeds: list[SeedRun], teacher_phase) -> None:
+    if not run.di.is_main:
+        return
+    out = run.out
+    first = seeds[0]
+    _save_state(out / "student.pt", first.student)
+    if first.baseline is not None:
+        _save_state(out / "baseline.pt", first.baseline)
+    for s in seeds[1:]:
+        _save_state(out / "seeds" / str(s.seed) / "student.pt", s.student)
+        if s.baseline is not None:
+            _save_state(out / "seeds" / str(s.seed) / "baseline.pt", s.baseline)
+    hist = ([teacher_phase.history] if teacher_phase else [])
+    for s in seeds:
+        hist += [s.phase.history] + ([s.base_phase.history] if s.base_phase else [])
+    write_metrics(out / "metrics.jsonl", hist)
+    atomic_write_json(out / "results.json", results)
+    status(f"wrote {out}/student.pt, results.json, metrics.jsonl")
+
+
+# ------------------------------------------------------------------------------------------------ the verb
+def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> DistillResult:
+    """Run distillation as the recipe says; see the module docstring for the steps and what is written."""
+    from .spec import infer_spec
+
+    run = _prepare(recipe, resume, fresh)
+    _load_data(run)
+    teacher, teacher_phase = _teacher(run)
+    x1 = _to(run.splits.train.batch(torch.arange(1))[0], run.device)
+    with torch.no_grad():
+        run.spec = infer_spec(x1, run.task.prediction(_call(teacher, x1)),
+                              preprocessing=run.splits.info.deploy_preprocessing())
+    teacher_test = run.evaluate(teacher, run.splits.test, teacher)
+    status(f"teacher: test {_metric_line(run, teacher_test)}")
+    t_out_cache: dict = {}
+    seeds = [_seed_run(run, teacher, seed, t_out_cache) for seed in recipe.student_seeds]
+    results = _results(run, teacher, teacher_test, teacher_phase, seeds, t_out_cache.get("t_out"))
+    _write(run, results, seeds, teacher_phase)
+    first = seeds[0]
+    return DistillResult(run.out, results, first.student, teacher, first.baseline)
+
+
+def _call(model, inputs):
+    from .tree import call_model
+
+    return call_model(model.eval(), inputs)

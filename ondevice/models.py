@@ -84,15 +84,45 @@ def resolve_reference(ref: str, kind: str = "model") -> Callable:
     return obj
 
 
+_VISION_PIP = "pip install 'ondevice[vision]'"
+
+
+def _vision_factory(ref: str) -> Callable[..., nn.Module]:
+    """``torchvision:<name>`` / ``timm:<name>``: their model constructors, imported on demand."""
+    lib, _, name = ref.partition(":")
+    try:
+        if lib == "torchvision":
+            import torchvision.models as tvm
+
+            return lambda **kw: tvm.get_model(name, **kw)
+        import timm
+
+        return lambda **kw: timm.create_model(name, **kw)
+    except ImportError as e:
+        raise ImportError(f"model {ref!r} needs {lib} ({e}); install it with: {_VISION_PIP}") from None
+    except RuntimeError as e:  # e.g. a CUDA torchvision wheel against a CPU torch: "operator torchvision::nms ..."
+        raise ImportError(f"model {ref!r}: {lib} is installed but does not import against torch "
+                          f"{torch.__version__} ({str(e).splitlines()[0]}); install the {lib} build that matches "
+                          f"this torch ({_VISION_PIP} on a machine whose torch it matches), or use ondevice's own "
+                          "mobile architectures (e.g. mobilenet_v3_small)") from None
+
+
 def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
+    if ref.startswith("hf:"):
+        from .hf import hf_model
+
+        return lambda **kw: hf_model(ref, **kw)
+    if ref.startswith(("torchvision:", "timm:")):
+        return _vision_factory(ref)
     if ":" not in ref:
         return MODELS.get(ref)  # unknown names list the valid ones
     return resolve_reference(ref, "model")
 
 
 def build_model(ref: str, *, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
-    """Build a model from a registry name, ``package.module:factory`` or ``path/file.py:factory``, optionally
-    loading a state dict.
+    """Build a model from a registry name, ``package.module:factory``, ``path/file.py:factory``, ``hf:<folder>`` (a
+    local Hugging Face model, see ondevice.hf), ``torchvision:<name>`` or ``timm:<name>``, optionally loading a state
+    dict.
 
     ``kwargs`` go to the factory. ``weights`` is a file saved with ``torch.save(model.state_dict(), path)`` (also
     accepted: a dict holding it under "state_dict" or "model"); it is read with ``weights_only=True``.
@@ -353,3 +383,97 @@ register_model("mnist1d_cnn")(MNIST1DCNN)
 def mnist1d_mlp(hidden: Sequence[int] = (100, 100), num_classes: int = 10, dropout: float = 0.0) -> MLP:
     """MNIST-1D reference MLP 40-100-100-10 (~68% in the paper), input (B, 1, 40) flattened. 15,210 params."""
     return MLP(40, list(hidden), num_classes, dropout=dropout)
+
+
+# ---------------------------------------------------------------------------------------------------- MobileNetV3
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of 8 without dropping more than 10% (the MobileNet rule)."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+class SqueezeExcite(nn.Module):
+    """Hu et al. 2018 squeeze-and-excitation with MobileNetV3's hard-sigmoid gate: (B, C, H, W) -> (B, C, H, W)."""
+
+    def __init__(self, channels: int, squeeze: int):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce = nn.Conv2d(channels, squeeze, 1)
+        self.relu = nn.ReLU()
+        self.expand = nn.Conv2d(squeeze, channels, 1)
+        self.gate = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.relu(self.reduce(self.pool(x)))))  # (B, C, 1, 1) scale
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV3 block (Howard et al. 2019): 1x1 expand -> kxk depthwise -> [SE] -> 1x1 project, residual when the
+    shape is kept. Activation ReLU or hardswish."""
+
+    def __init__(self, cin: int, k: int, exp: int, cout: int, se: bool, hs: bool, stride: int):
+        super().__init__()
+        act = nn.Hardswish if hs else nn.ReLU
+        layers: list[nn.Module] = []
+        if exp != cin:
+            layers += [nn.Conv2d(cin, exp, 1, bias=False), nn.BatchNorm2d(exp), act()]
+        layers += [nn.Conv2d(exp, exp, k, stride, k // 2, groups=exp, bias=False), nn.BatchNorm2d(exp), act()]
+        if se:
+            layers.append(SqueezeExcite(exp, _make_divisible(exp // 4)))
+        layers += [nn.Conv2d(exp, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+# (kernel, expansion, out, SE, hardswish, stride) -- MobileNetV3-Small, Howard et al. 2019, Table 2
+_MBV3_SMALL = [(3, 16, 16, True, False, 2), (3, 72, 24, False, False, 2), (3, 88, 24, False, False, 1),
+               (5, 96, 40, True, True, 2), (5, 240, 40, True, True, 1), (5, 240, 40, True, True, 1),
+               (5, 120, 48, True, True, 1), (5, 144, 48, True, True, 1), (5, 288, 96, True, True, 2),
+               (5, 576, 96, True, True, 1), (5, 576, 96, True, True, 1)]
+
+
+class MobileNetV3Small(_FeaturesClassifier):
+    """MobileNetV3-Small (Howard et al. 2019, "Searching for MobileNetV3"): hardswish, squeeze-excitation,
+    depthwise-separable inverted residuals. ``width_mult`` scales channels, ``blocks`` keeps the first n of the 11
+    blocks (small inputs such as 28x28 need fewer stride-2 stages), ``in_channels`` 1 for grey images.
+
+    features: 0 stem Conv3x3 s2 + BN + hardswish | 1..n InvertedResidual | n+1 Conv1x1 + BN + hardswish |
+              n+2 AdaptiveAvgPool(1) -> (B, C_last, 1, 1)
+    classifier: 0 Linear(C_last, hidden) 1 hardswish 2 Dropout 3 Linear(hidden, num_classes)
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0, blocks: int = 11,
+                 hidden: int = 1024, dropout: float = 0.2):
+        super().__init__()
+        if not 1 <= blocks <= len(_MBV3_SMALL):
+            raise ConfigError(f"mobilenet_v3_small: blocks must be 1..{len(_MBV3_SMALL)}, got {blocks}")
+        c = _make_divisible(16 * width_mult)
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, c, 3, 2, 1, bias=False), nn.BatchNorm2d(c),
+                                                 nn.Hardswish())]
+        for k, exp, out, se, hs, s in _MBV3_SMALL[:blocks]:
+            o, e = _make_divisible(out * width_mult), _make_divisible(exp * width_mult)
+            layers.append(InvertedResidual(c, k, e, o, se, hs, s))
+            c = o
+        last = _make_divisible(6 * c)
+        layers += [nn.Sequential(nn.Conv2d(c, last, 1, bias=False), nn.BatchNorm2d(last), nn.Hardswish()),
+                   nn.AdaptiveAvgPool2d(1)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(dropout),
+                                        nn.Linear(hidden, num_classes))
+
+
+register_model("mobilenet_v3_small")(MobileNetV3Small)
+
+
+def student_from_teacher(teacher: nn.Module, **kwargs) -> nn.Module:
+    """See ondevice.shrink.student_from_teacher (DistilBERT-style layer-subset initialisation)."""
+    from .shrink import student_from_teacher as _sft
+
+    return _sft(teacher, **kwargs)
+
+
+from . import textnets as _textnets  # noqa: E402,F401  (registers text_encoder and causal_lm)

@@ -160,7 +160,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
         # -- export + verify --------------------------------------------------------------------------------------
         exports: list[dict] = []
         if jobs:
-            from .data import load_dataset
+            from .data import load_data
             from .distill import load_student
             from .export import export_many
 
@@ -181,9 +181,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                         info["state"] = "cached"
                     else:
                         if splits is None:
-                            splits = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
-                                                  limit_train=d.limit_train, limit_val=d.limit_val,
-                                                  limit_test=d.limit_test)
+                            splits = load_data(d, recipe.seed)
                             student = load_student(out)
                         calib = splits.train.x[: ex.calibration_samples].numpy()
                         verify = (splits.test.x[: ex.verify_samples].numpy(), splits.test.y[: ex.verify_samples].numpy())
@@ -216,11 +214,11 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                     bench_report = read_json(report_dir / "report.json")
                     info["state"] = "cached"
                 else:
-                    from .data import load_dataset
+                    from .data import load_data
 
-                    d = recipe.data
-                    sp = load_dataset(d.dataset, root=d.root, seed=recipe.seed, val_fraction=d.val_fraction,
-                                      limit_test=b.accuracy_samples or d.limit_test)
+                    d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
+                                                       "limit_train": None, "limit_val": None})
+                    sp = load_data(d, recipe.seed)
                     s = recipe.student
                     bench_report = run_bench(
                         ok_paths, data=(sp.test.x.numpy(), sp.test.y.numpy()), teacher=_teacher_ref(recipe, out),

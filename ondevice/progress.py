@@ -33,6 +33,11 @@ class Bar:
             self._task = self._rich.add_task(self.label, total=self.total, info="")
         return self
 
+    @property
+    def active(self) -> bool:
+        """True when a bar is shown (a terminal): callers skip work that only feeds the bar otherwise."""
+        return self._rich is not None
+
     def advance(self, n: int = 1, **info: float) -> None:
         if self._rich is not None:
             text = " ".join(f"{k}={v:.4g}" for k, v in info.items())

@@ -76,6 +76,7 @@ class Task:
     valid_losses: ClassVar[frozenset[str]] = frozenset()
     primary: ClassVar[str] = "acc"  # the validation metric that selects the best epoch (higher is better)
     has_labels: ClassVar[bool] = True  # False: no hard-label baseline can be trained
+    eval_with_teacher: ClassVar[bool] = False  # True: evaluation compares with the teacher (agreement, cosine)
 
     def __init__(self, **params: Any):
         self.params = params
@@ -220,6 +221,7 @@ class TokenLM(Task):
     """
 
     name = "token_lm"
+    eval_with_teacher = True
     valid_losses = LOGIT_LOSSES | FEATURE_LOSSES
     primary = "neg_ppl"
     PARAMS = {"ignore_index": "target value of positions that are not predicted (default -100)",
@@ -286,6 +288,7 @@ class Embedding(Task):
     valid_losses = VECTOR_LOSSES | FEATURE_LOSSES
     primary = "cosine"
     has_labels = False
+    eval_with_teacher = True
     PARAMS = {"k": "neighbours for nearest-neighbour agreement (list, default [1, 10])",
               "mask_input": "name of the (B, T) padding-mask input (default attention_mask)"}
 
@@ -388,6 +391,10 @@ class MultiOutput(Task):
     @property
     def has_labels(self) -> bool:  # type: ignore[override]
         return all(t.has_labels for t, _ in self.heads.values())
+
+    @property
+    def eval_with_teacher(self) -> bool:  # type: ignore[override]
+        return any(t.eval_with_teacher for t, _ in self.heads.values())
 
     def _dict(self, x: Any, what: str) -> dict:
         if not isinstance(x, dict) or set(x) != set(self.heads):

@@ -14,9 +14,10 @@ export ONDEVICE_DATA=${ONDEVICE_DATA:-$HOME/.cache/ondevice}
 log() { printf '\n== %s\n' "$*" >&2; }
 
 setup_system() {
-  # Debian packages: the Fashion-MNIST dataset and headless Chromium for the report-rendering test.
+  # Debian packages: the Fashion-MNIST and WordNet datasets, and headless Chromium for the report-rendering test.
   local need=()
   [ -e /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] || need+=(dataset-fashion-mnist)
+  [ -e /usr/share/wordnet/data.noun ] || need+=(wordnet-base)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
   if [ ${#need[@]} -gt 0 ]; then
@@ -52,7 +53,7 @@ setup_python() {
 
 setup_data() {
   log "offline data in $ONDEVICE_DATA (checksums verified)"
-  "$VENV/bin/ondevice" fetch mnist ccexam fashion-mnist
+  "$VENV/bin/ondevice" fetch mnist ccexam fashion-mnist wordnet minilm
 }
 
 setup() { setup_system; setup_python; setup_data; }

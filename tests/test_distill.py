@@ -73,13 +73,12 @@ def test_outputs_and_results(digits_run):
     from ondevice.train import evaluate
 
     splits = load_dataset("digits", seed=0)
-    again = evaluate(load_student(out), splits.test.x, splits.test.y)
+    again = evaluate(load_student(out), splits.test)
     assert again["errors"] == r["student"]["test_errors"]
     # training-set fit: the teacher's comes from the cache and must equal a live pass over the training images
-    live = evaluate(load_student(out, "teacher"), splits.train.x, splits.train.y)
+    live = evaluate(load_student(out, "teacher"), splits.train)
     assert r["teacher"]["train_acc"] == pytest.approx(live["acc"], abs=1e-9)
-    assert r["student"]["train_acc"] == pytest.approx(evaluate(load_student(out), splits.train.x,
-                                                               splits.train.y)["acc"], abs=1e-9)
+    assert r["student"]["train_acc"] == pytest.approx(evaluate(load_student(out), splits.train)["acc"], abs=1e-9)
     assert 0.5 < r["baseline"]["train_acc"] <= 1.0
 
 
