@@ -23,6 +23,7 @@ from ondevice.losses import (
     build_loss,
     dkd_terms,
     kd_kl,
+    masked_mean,
 )
 
 LN2 = math.log(2.0)
@@ -417,3 +418,445 @@ def test_standardized_kd_matches_shape_not_scale():
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match=r"losses\[0\]\.standardize: expected true or false, got 'yes'"):
         build_loss([{"name": "kd", "standardize": "yes"}])
+
+
+# ------------------------------------------------------------------------------------------------------- KD top-k
+def test_kd_top_k_equal_to_vocabulary_is_full_kd():
+    g = torch.Generator().manual_seed(10)
+    s, t = torch.randn(6, 7, generator=g) * 3, torch.randn(6, 7, generator=g) * 3
+    full = KDLoss(2.0)(inputs(s, t))
+    for k in (7, 50):  # k = V, and k > V (cut to V)
+        torch.testing.assert_close(KDLoss(2.0, top_k=k)(inputs(s, t)), full, rtol=1e-6, atol=1e-7)
+
+
+def test_kd_top_k_hand_computed_three_classes_k2():
+    # T = 2, teacher t = [2 ln3, 0, -10]: top-2 values [2 ln3, 0] at classes [0, 1]; t/T = [ln3, 0]
+    #   -> p_t = [3/4, 1/4] renormalised over the two kept classes
+    # student s = 0: softmax over all 3 classes, log p_s = -ln3 each
+    # KL = 3/4 (ln 3/4 + ln3) + 1/4 (ln 1/4 + ln3) = 3/4 ln(9/4) + 1/4 ln(3/4)
+    # L = T^2 KL = 3 ln(9/4) + ln(3/4) = ln(2187/256) = 2.1451086...
+    expected = math.log(2187 / 256)
+    assert expected == pytest.approx(3 * math.log(9 / 4) + math.log(3 / 4), rel=1e-12)
+    assert expected == pytest.approx(2.1451086, abs=1e-7)
+    got = KDLoss(2.0, top_k=2)(inputs([[0.0, 0.0, 0.0]], [[2 * math.log(3), 0.0, -10.0]]))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_kd_top_k_from_cache_equals_live_top_k():
+    g = torch.Generator().manual_seed(11)
+    s, t = torch.randn(6, 10, generator=g, requires_grad=True), torch.randn(6, 10, generator=g) * 2
+    y = torch.randint(0, 10, (6,), generator=g)
+    loss = build_loss([{"name": "kd", "temperature": 3.0, "top_k": 3}])
+    assert loss.teacher_top_k() == 3  # what the teacher cache is asked to keep
+    live, _ = loss(LossInputs(s, t, y))
+    vals, idx = t.topk(3, dim=-1)  # (6, 3) each: what the cache stores
+    cached, _ = loss(LossInputs(s, None, y, teacher_topk=(vals, idx)))
+    torch.testing.assert_close(cached, live, rtol=0, atol=0)
+    cached.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------------- token features: helpers
+def seq_inputs(sf, tf, mask=None, logits=None) -> LossInputs:
+    """Sequence-feature inputs: no logits to speak of, (B, T) bool mask (None = every token real)."""
+    b = next(iter(sf.values())).shape[0]
+    m = None if mask is None else torch.as_tensor(mask, dtype=torch.bool)
+    return LossInputs(torch.zeros(b, 2) if logits is None else logits, None, None, sf, tf, m)
+
+
+def built(spec: dict, sf: dict, tf: dict):
+    """The one member of build_loss([spec]), built on the per-sample shapes of the given features."""
+    loss = build_loss([spec])
+    loss.build({k: v.shape[1:] for k, v in sf.items()}, {k: v.shape[1:] for k, v in tf.items()})
+    return loss.members[0]
+
+
+def t_(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float32)
+
+
+def test_masked_mean_ignores_masked_entries_even_nan():
+    v = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("inf"), 0.0]], requires_grad=True)
+    m = torch.tensor([[True, True, False], [True, False, True]])
+    out = masked_mean(v, m)  # (1 + 2 + 4 + 0) / 4
+    assert out.item() == pytest.approx(7 / 4)
+    out.backward()
+    torch.testing.assert_close(v.grad, m.float() / 4)
+    assert masked_mean(torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0
+
+
+# ------------------------------------------------------------------------------------------- FitNets on tokens
+def test_fitnets_token_states_hand_computed_masked_mean():
+    # regressor r(u) = [u, 2u] (Linear 1 -> 2, bias 0); D_t = 2
+    # sample 0, mask [T, T, F]: u = [1, 2, (99)], v = [[1, 0], [0, 4], (pad)]
+    #   r = [[1, 2], [2, 4]] -> squared errors tok0 (0, 4), tok1 (4, 0): sums 4, 4
+    # sample 1, mask [T, F, F]: u = [0, (7), (7)], v = [[1, 1], ...] -> r = [0, 0], squared (1, 1): sum 2
+    # L = (4 + 4 + 2) / (N_real = 3 tokens * D_t = 2) = 10 / 6 = 5/3
+    u = t_([[[1.0], [2.0], [99.0]], [[0.0], [7.0], [7.0]]])  # (B=2, T=3, Ds=1)
+    v = t_([[[1, 0], [0, 4], [5, 5]], [[1, 1], [8, 8], [9, 9]]])  # (2, 3, Dt=2)
+    m = built({"name": "fitnets", "student_layer": "encoder.layer.1", "teacher_layer": "encoder.layer.3"},
+              {"encoder.layer.1": u}, {"encoder.layer.3": v})
+    assert isinstance(m.regressor, torch.nn.Linear) and m.regressor.weight.shape == (2, 1)  # D_s -> D_t
+    with torch.no_grad():
+        m.regressor.weight.copy_(t_([[1.0], [2.0]]))
+        m.regressor.bias.zero_()
+    got = m(seq_inputs({"encoder.layer.1": u}, {"encoder.layer.3": v}, [[1, 1, 0], [1, 0, 0]]))
+    assert got.item() == pytest.approx(5 / 3, rel=1e-6)
+    # without a mask every token counts: the plain MSE of r(u) against v
+    r = torch.cat([u, 2 * u], dim=-1)
+    assert m(seq_inputs({"encoder.layer.1": u}, {"encoder.layer.3": v})).item() == pytest.approx(
+        F.mse_loss(r, v).item(), rel=1e-6)
+
+
+def test_fitnets_token_states_need_the_same_length():
+    loss = build_loss([{"name": "fitnets", "student_layer": "s", "teacher_layer": "t"}])
+    with pytest.raises(ConfigError, match=r"fitnets: student 's' per-sample shape \(5, 8\) vs teacher 't' per-sample "
+                                          r"shape \(7, 16\); expected token states \(T, D\) with the same T"):
+        loss.build({"s": torch.Size([5, 8])}, {"t": torch.Size([7, 16])})
+
+
+# -------------------------------------------------------------------------------------------------- hidden_mse
+def test_hidden_mse_hand_computed_two_layer_pairs():
+    # layer_map [[0, 1], [1, 3]] -> pairs (s.0, t.1) and (s.1, t.3); one sample, mask [T, T, F]
+    # pair (s.0, t.1), D_s = D_t = 2, so no W_h: hs = [[1, 2], [3, 4]], ht = [[1, 0], [3, 3]]
+    #   per-token MSE: tok0 (0^2 + 2^2) / 2 = 2, tok1 (0 + 1^2) / 2 = 1/2 -> mean over 2 real tokens 5/4
+    # pair (s.1, t.3), D_s = 1 -> D_t = 2, W_h = [[1, -1]] so H^S W_h = [h, -h]: hs = [2, 1], ht = [[2, -2], [0, 0]]
+    #   tok0: [2, -2] vs [2, -2] -> 0; tok1: [1, -1] vs [0, 0] -> (1 + 1) / 2 = 1 -> mean 1/2
+    # L = 5/4 + 1/2 = 7/4 (pairs are summed)
+    sf = {"s.0": t_([[[1, 2], [3, 4], [9, 9]]]), "s.1": t_([[[2], [1], [5]]])}
+    tf = {"t.1": t_([[[1, 0], [3, 3], [0, 0]]]), "t.3": t_([[[2, -2], [0, 0], [7, 7]]])}
+    m = built({"name": "hidden_mse", "layer_map": [[0, 1], [1, 3]], "student_template": "s.{}",
+               "teacher_template": "t.{}"}, sf, tf)
+    assert m.feature_layers() == [("s.0", "t.1"), ("s.1", "t.3")]
+    assert isinstance(m.proj[0], torch.nn.Identity)  # project="auto": only where the widths differ
+    assert [tuple(p.shape) for p in m.parameters()] == [(2, 1)]  # W_h (no bias, as in H^S W_h)
+    with torch.no_grad():
+        m.proj[1].weight.copy_(t_([[1.0], [-1.0]]))
+    assert m(seq_inputs(sf, tf, [[1, 1, 0]])).item() == pytest.approx(7 / 4, rel=1e-6)
+
+
+def test_hidden_mse_project_modes_and_vectors():
+    shapes = ({"s": torch.Size([4, 8])}, {"t": torch.Size([4, 8])})
+    m = build_loss([{"name": "hidden_mse", "student_layer": "s", "teacher_layer": "t", "project": True}])
+    m.build(*shapes)
+    assert sum(p.numel() for p in m.parameters()) == 8 * 8  # learned even for equal widths
+    m = build_loss([{"name": "hidden_mse", "pairs": [["s", "t"]], "project": False}])
+    with pytest.raises(ConfigError, match=r"hidden_mse: project=false but the widths differ, student 's' per-sample "
+                                          r"shape \(4, 8\) vs teacher 't' per-sample shape \(4, 16\); set "
+                                          r"project='auto' to learn W_h \(8 -> 16\)"):
+        m.build({"s": torch.Size([4, 8])}, {"t": torch.Size([4, 16])})
+    with pytest.raises(ConfigError, match=r"losses\[0\]\.project: expected 'auto', true or false, got 1 \(int\)"):
+        build_loss([{"name": "hidden_mse", "pairs": [["s", "t"]], "project": 1}])
+    # (B, D) vectors (a pooler output) are one "token" per sample: the plain MSE
+    a, b = torch.randn(3, 5), torch.randn(3, 5)
+    m = built({"name": "hidden_mse", "pairs": [["s", "t"]]}, {"s": a}, {"t": b})
+    assert m(seq_inputs({"s": a}, {"t": b})).item() == pytest.approx(F.mse_loss(a, b).item(), rel=1e-6)
+
+
+def test_hidden_mse_learns_projection():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(12)
+    hs = torch.randn(4, 6, 3, generator=g)  # (B, T, d'=3)
+    ht = hs @ torch.randn(3, 5, generator=g)  # (B, T, d=5): reachable by some W_h
+    m = built({"name": "hidden_mse", "pairs": [["s", "t"]]}, {"s": hs}, {"t": ht})
+    opt = torch.optim.Adam(m.parameters(), lr=0.1)
+    inp = seq_inputs({"s": hs}, {"t": ht}, torch.rand(4, 6, generator=g) > 0.3)
+    first = m(inp).item()
+    for _ in range(200):
+        opt.zero_grad()
+        m(inp).backward()
+        opt.step()
+    assert m(inp).item() < 1e-3 * first
+
+
+# -------------------------------------------------------------------------------------------------- hidden_cos
+def test_hidden_cos_hand_computed():
+    # sample 0, mask [T, T, F]: tok0 [1, 0] vs [0, 2] -> cos 0 -> 1; tok1 [1, 1] vs [3, 3] -> cos 1 -> 0
+    # sample 1, mask [T, F, F]: tok0 [1, 1] vs [1, 0] -> cos 1/sqrt2 -> 1 - 1/sqrt2
+    # L = (1 + 0 + 1 - 1/sqrt2) / 3 = (2 - 1/sqrt2) / 3 = 0.4309644...
+    expected = (2 - 1 / math.sqrt(2)) / 3
+    assert expected == pytest.approx(0.4309644, abs=1e-7)
+    hs = t_([[[1, 0], [1, 1], [5, -5]], [[1, 1], [0, 1], [2, 2]]])
+    ht = t_([[[0, 2], [3, 3], [1, 1]], [[1, 0], [-1, 0], [0, 3]]])
+    m = built({"name": "hidden_cos", "student_layer": "encoder.layer.5", "teacher_layer": "encoder.layer.11"},
+              {"encoder.layer.5": hs}, {"encoder.layer.11": ht})
+    inp = seq_inputs({"encoder.layer.5": hs}, {"encoder.layer.11": ht}, [[1, 1, 0], [1, 0, 0]])
+    assert m(inp).item() == pytest.approx(expected, rel=1e-6)
+    # only directions count: rescaling either side per token changes nothing
+    scale = torch.rand(2, 3, 1) + 0.5
+    inp2 = seq_inputs({"encoder.layer.5": hs * scale}, {"encoder.layer.11": 7 * ht}, [[1, 1, 0], [1, 0, 0]])
+    assert m(inp2).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_hidden_cos_width_mismatch_names_both_shapes_and_hidden_mse():
+    loss = build_loss([{"name": "hidden_cos", "pairs": [["encoder.layer.2", "encoder.layer.5"]]}])
+    with pytest.raises(ConfigError, match=r"hidden_cos: the widths differ, student 'encoder\.layer\.2' per-sample "
+                                          r"shape \(16, 384\) vs teacher 'encoder\.layer\.5' per-sample shape "
+                                          r"\(16, 768\);.*Use 'hidden_mse', which learns a projection W_h"):
+        loss.build({"encoder.layer.2": torch.Size([16, 384])}, {"encoder.layer.5": torch.Size([16, 768])})
+
+
+# ------------------------------------------------------------------------------------------------------ MiniLM
+def qkv_feats(prefix: str, q, k, v) -> dict:
+    return {f"{prefix}.query": t_(q), f"{prefix}.key": t_(k), f"{prefix}.value": t_(v)}
+
+
+def test_minilm_hand_computed_one_head():
+    # heads = 1, D = 1 (d_k = 1); one sample, mask [T, T, F]; the padded position holds junk on both sides
+    # student Q = K = V = 0 at the real tokens -> A^S = VR^S = [1/2, 1/2] on every real row
+    # teacher Q = [1, 0], K = [ln3, 0]: scores row0 [ln3, 0] -> A^T = [3/4, 1/4]; row1 [0, 0] -> [1/2, 1/2]
+    # teacher V = [sqrt(ln3), 0]: V V^T row0 [ln3, 0], row1 [0, 0] -> VR^T = A^T
+    # KL row0 = 3/4 ln(3/2) + 1/4 ln(1/2) = 3/4 ln3 - ln2 = 0.1308120; row1 0
+    # L_AT = L_VR = (0.1308120 + 0) / (1 head * 2 real queries) = 0.0654060
+    # attention_weight 2, value_weight 0.5: L = 2.5 * 0.0654060 = 0.1635150
+    kl0 = 0.75 * math.log(3) - math.log(2)
+    assert kl0 == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-12)
+    expected = 2.5 * kl0 / 2
+    assert expected == pytest.approx(0.1635150, abs=1e-7)
+    sf = qkv_feats("s.attn", [[[0.0], [0.0], [4.0]]], [[[0.0], [0.0], [-3.0]]], [[[0.0], [0.0], [6.0]]])
+    tf = qkv_feats("t.attn", [[[1.0], [0.0], [2.0]]], [[[math.log(3)], [0.0], [9.0]]],
+                   [[[math.sqrt(math.log(3))], [0.0], [-8.0]]])
+    spec = {"name": "minilm", "student_layer": "s.attn", "teacher_layer": "t.attn", "heads": 1}
+    m = built({**spec, "attention_weight": 2, "value_weight": 0.5}, sf, tf)
+    assert m.feature_layers() == [("s.attn.query", "t.attn.query"), ("s.attn.key", "t.attn.key"),
+                                  ("s.attn.value", "t.attn.value")]
+    assert m(seq_inputs(sf, tf, [[1, 1, 0]])).item() == pytest.approx(expected, rel=1e-6)
+    assert built(spec, sf, tf)(seq_inputs(sf, tf, [[1, 1, 0]])).item() == pytest.approx(kl0, rel=1e-6)  # 1, 1
+
+
+def np_relations(x: np.ndarray, y: np.ndarray, heads: int) -> list[np.ndarray]:
+    """Per-head x_a y_a^T / sqrt(d_k) of one sample's real tokens, x (n, D), y (n, D)."""
+    d = x.shape[1] // heads
+    return [x[:, a * d:(a + 1) * d] @ y[:, a * d:(a + 1) * d].T / np.sqrt(d) for a in range(heads)]
+
+
+def np_minilm(sf: dict, tf: dict, mask: np.ndarray, heads: int) -> float:
+    """MiniLM straight from the definition, on each sample's unpadded tokens (padding cut away, not masked)."""
+    kl_sum, n_queries = 0.0, 0
+    for b in range(mask.shape[0]):
+        real = np.flatnonzero(mask[b])
+        q_s, k_s, v_s = (sf[f"s.{n}"][b, real].double().numpy() for n in ("query", "key", "value"))
+        q_t, k_t, v_t = (tf[f"t.{n}"][b, real].double().numpy() for n in ("query", "key", "value"))
+        for st, tt in ((np_relations(q_s, k_s, heads), np_relations(q_t, k_t, heads)),
+                       (np_relations(v_s, v_s, heads), np_relations(v_t, v_t, heads))):
+            for a_s, a_t in zip(st, tt):
+                kl_sum += np_kl(np_softmax(a_t), np_softmax(a_s)).sum() / heads
+        n_queries += len(real)
+    return kl_sum / n_queries  # L_AT + L_VR, each averaged over heads and real queries
+
+
+def test_minilm_matches_numpy_with_different_widths_and_padding():
+    g = torch.Generator().manual_seed(13)
+    # student width 4, teacher width 6, both split into 2 relation heads (d_k = 2 and 3): MiniLMv2-style
+    sf = {f"s.{n}": torch.randn(3, 5, 4, generator=g) * 2 for n in ("query", "key", "value")}
+    tf = {f"t.{n}": torch.randn(3, 5, 6, generator=g) * 2 for n in ("query", "key", "value")}
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=bool)
+    m = built({"name": "minilm", "student_layer": "s", "teacher_layer": "t", "heads": 2}, sf, tf)
+    got = m(seq_inputs(sf, tf, mask)).item()
+    assert got == pytest.approx(np_minilm(sf, tf, mask, 2), rel=1e-5)
+    # a student that reproduces the teacher's relations has zero loss
+    same = {k.replace("t.", "s.", 1): v for k, v in tf.items()}
+    assert abs(built({"name": "minilm", "student_layer": "s", "teacher_layer": "t", "heads": 3}, same, tf)(
+        seq_inputs(same, tf, mask)).item()) < 1e-6
+
+
+def test_minilm_llama_names_and_config_errors():
+    spec = {"name": "minilm", "student_layer": "model.layers.1.self_attn", "teacher_layer": "model.layers.7.self_attn",
+            "qkv": ["q_proj", "k_proj", "v_proj"], "heads": 4}
+    loss = build_loss([spec])
+    assert loss.feature_layers()[0] == ("model.layers.1.self_attn.q_proj", "model.layers.7.self_attn.q_proj")
+    s = {f"model.layers.1.self_attn.{n}": torch.Size([10, 64]) for n in ("q_proj", "k_proj", "v_proj")}
+    t = {f"model.layers.7.self_attn.{n}": torch.Size([10, 128]) for n in ("q_proj", "k_proj", "v_proj")}
+    loss.build(s, t)
+    with pytest.raises(ConfigError, match=r"minilm: teacher attention 'model\.layers\.7\.self_attn': query and key "
+                                          r"widths differ .*'model\.layers\.7\.self_attn\.k_proj' \(10, 32\).*"
+                                          r"grouped-query attention"):
+        build_loss([spec]).build(s, {**t, "model.layers.7.self_attn.k_proj": torch.Size([10, 32])})
+    with pytest.raises(ConfigError, match=r"minilm: heads=3 does not divide the student "
+                                          r"'model\.layers\.1\.self_attn\.q_proj' width 64"):
+        build_loss([{**spec, "heads": 3}]).build(s, t)
+    with pytest.raises(ConfigError, match=r"minilm: student 'model\.layers\.1\.self_attn' has 10 positions but "
+                                          r"teacher 'model\.layers\.7\.self_attn' has 12"):
+        build_loss([spec]).build(s, {k: torch.Size([12, 128]) for k in t})
+    with pytest.raises(ConfigError, match=r"losses\[0\]\.heads: expected an integer >= 1 dividing .* got nothing "
+                                          r"\(required by loss 'minilm'\)"):
+        build_loss([{k: v for k, v in spec.items() if k != "heads"}])
+    with pytest.raises(ConfigError, match=r"losses\[0\]\.qkv: expected a list of the 3 query, key, value module "
+                                          r"names .* got \['q', 'k'\] \(list\)"):
+        build_loss([{**spec, "qkv": ["q", "k"]}])
+
+
+def test_minilm_sample_without_real_tokens_stays_finite():
+    g = torch.Generator().manual_seed(14)
+    sf = {f"s.{n}": torch.randn(2, 3, 4, generator=g, requires_grad=True) for n in ("query", "key", "value")}
+    tf = {f"t.{n}": torch.randn(2, 3, 4, generator=g) for n in ("query", "key", "value")}
+    m = built({"name": "minilm", "student_layer": "s", "teacher_layer": "t", "heads": 2}, sf, tf)
+    loss = m(seq_inputs(sf, tf, [[1, 1, 0], [0, 0, 0]]))
+    loss.backward()
+    assert torch.isfinite(loss) and all(torch.isfinite(v.grad).all() for v in sf.values())
+    assert all(v.grad[1].abs().sum() == 0 for v in sf.values())  # the all-padding sample has no say
+
+
+# ----------------------------------------------------------------------------------------------- tinybert_attn
+def test_tinybert_attn_hand_computed():
+    # heads = 1, D = 1 (d_k = 1); one sample, mask [T, T, F]
+    # student Q = [1, 2], K = [1, 1] -> A^S = [[1, 1], [2, 2]]; teacher Q = [1, 0], K = [3, 1] -> A^T = [[3, 1], [0, 0]]
+    # A^S - A^T = [[-2, 0], [2, 2]] -> squares 4, 0, 4, 4 -> mean over the 4 real (query, key) pairs = 3
+    sf = {"s.query": t_([[[1.0], [2.0], [5.0]]]), "s.key": t_([[[1.0], [1.0], [-5.0]]])}
+    tf = {"t.query": t_([[[1.0], [0.0], [7.0]]]), "t.key": t_([[[3.0], [1.0], [7.0]]])}
+    m = built({"name": "tinybert_attn", "pairs": [["s", "t"]], "heads": 1}, sf, tf)
+    assert m.feature_layers() == [("s.query", "t.query"), ("s.key", "t.key")]  # no value projection
+    assert m(seq_inputs(sf, tf, [[1, 1, 0]])).item() == pytest.approx(3.0, rel=1e-6)
+
+
+def test_tinybert_attn_matches_numpy_over_a_layer_map():
+    g = torch.Generator().manual_seed(15)
+    heads, mask = 2, np.array([[1, 1, 1, 1], [1, 1, 0, 0]], dtype=bool)
+    sf = {f"s.{i}.attn.{n}": torch.randn(2, 4, 4, generator=g) for i in (0, 1) for n in ("query", "key")}
+    tf = {f"t.{j}.attn.{n}": torch.randn(2, 4, 6, generator=g) for j in (1, 3) for n in ("query", "key")}
+    m = built({"name": "tinybert_attn", "layer_map": [[0, 1], [1, 3]], "student_template": "s.{}.attn",
+               "teacher_template": "t.{}.attn", "heads": heads}, sf, tf)
+    assert m.pairs == [("s.0.attn", "t.1.attn"), ("s.1.attn", "t.3.attn")]
+    ref = 0.0
+    for i, j in ((0, 1), (1, 3)):  # L_attn per pair: 1/h sum_a MSE(A^S_a, A^T_a) over the real (query, key) pairs
+        se, n = 0.0, 0
+        for b in range(2):
+            real = np.flatnonzero(mask[b])
+            a_s = np_relations(*(sf[f"s.{i}.attn.{x}"][b, real].double().numpy() for x in ("query", "key")), heads)
+            a_t = np_relations(*(tf[f"t.{j}.attn.{x}"][b, real].double().numpy() for x in ("query", "key")), heads)
+            se += sum(((x - y) ** 2).sum() for x, y in zip(a_s, a_t))
+            n += heads * len(real) ** 2
+        ref += se / n
+    assert m(seq_inputs(sf, tf, mask)).item() == pytest.approx(ref, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- masks and gradients
+def _seq_case(name: str, g: torch.Generator):
+    """(spec, student features, teacher features) for each sequence loss, B = 2, T = 5."""
+    def rand(*shape):
+        return torch.randn(*shape, generator=g)
+
+    if name in ("fitnets", "hidden_mse", "hidden_cos"):
+        d_s = 6 if name == "hidden_cos" else 4
+        spec = ({"student_layer": "s", "teacher_layer": "t"} if name == "fitnets" else
+                {"layer_map": [[0, 1], [2, 3]], "student_template": "s.{}", "teacher_template": "t.{}"})
+        sf = {"s": rand(2, 5, d_s)} if name == "fitnets" else {"s.0": rand(2, 5, d_s), "s.2": rand(2, 5, d_s)}
+        tf = {"t": rand(2, 5, 6)} if name == "fitnets" else {"t.1": rand(2, 5, 6), "t.3": rand(2, 5, 6)}
+        return {"name": name, **spec}, sf, tf
+    names = ("query", "key", "value") if name == "minilm" else ("query", "key")
+    spec = ({"student_layer": "s", "teacher_layer": "t"} if name == "minilm" else {"pairs": [["s", "t"]]})
+    return ({"name": name, "heads": 2, **spec}, {f"s.{n}": rand(2, 5, 4) for n in names},
+            {f"t.{n}": rand(2, 5, 6) for n in names})
+
+
+SEQUENCE_LOSSES = ["fitnets", "hidden_mse", "hidden_cos", "minilm", "tinybert_attn"]
+
+
+@pytest.mark.parametrize("name", SEQUENCE_LOSSES)
+def test_sequence_loss_ignores_padding_and_trains_only_the_student(name):
+    g = torch.Generator().manual_seed(16)
+    spec, sf, tf = _seq_case(name, g)
+    m = built(spec, sf, tf)
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 0, 0, 0]], dtype=torch.bool)
+    pad = ~mask[:, :, None]  # (B, T, 1)
+    before = m(seq_inputs(sf, tf, mask))
+    junk = {k: torch.where(pad, 100 * torch.randn(v.shape, generator=g), v) for k, v in {**sf, **tf}.items()}
+    sf2 = {k: junk[k].requires_grad_() for k in sf}
+    tf2 = {k: junk[k].requires_grad_() for k in tf}
+    after = m(seq_inputs(sf2, tf2, mask))
+    assert before.item() > 0 and after.item() == pytest.approx(before.item(), rel=1e-6, abs=1e-7)
+    after.backward()
+    for k, v in sf2.items():  # the student learns at the real tokens and nowhere else
+        assert v.grad[mask].abs().sum() > 0 and v.grad[~mask].abs().sum() == 0, k
+    assert all(v.grad is None for v in tf2.values())  # the teacher is detached
+    assert all(p.grad is not None for p in m.parameters())  # W_h / the regressor train with the student
+
+
+def test_mask_must_match_the_token_axis():
+    sf, tf = {"s": torch.zeros(2, 5, 3)}, {"t": torch.zeros(2, 5, 3)}
+    m = built({"name": "hidden_cos", "pairs": [["s", "t"]]}, sf, tf)
+    with pytest.raises(ConfigError, match=r"loss 'hidden_cos': feature 's' has shape \(2, 5, 3\) but the padding mask "
+                                          r"is \(2, 7\)"):
+        m(seq_inputs(sf, tf, torch.ones(2, 7)))
+
+
+# ------------------------------------------------------------------------------------------------- layer forms
+LAYER_LOSSES = {"at": {}, "hidden_mse": {}, "hidden_cos": {}, "tinybert_attn": {"heads": 2}}
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_LOSSES))
+def test_layer_map_and_templates_make_the_same_pairs(name):
+    extra = LAYER_LOSSES[name]
+    by_map = build_loss([{"name": name, "layer_map": [[0, 2], [1, 5]], "student_template": "encoder.layer.{}",
+                          "teacher_template": "bert.encoder.layer.{}", **extra}])
+    by_pairs = build_loss([{"name": name, "pairs": [["encoder.layer.0", "bert.encoder.layer.2"],
+                                                     ["encoder.layer.1", "bert.encoder.layer.5"]], **extra}])
+    assert by_map.members[0].pairs == [("encoder.layer.0", "bert.encoder.layer.2"),
+                                       ("encoder.layer.1", "bert.encoder.layer.5")]
+    assert by_map.feature_layers() == by_pairs.feature_layers()
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_LOSSES))
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        ({"layer_map": [[0, 2]], "student_template": "s.{}"},
+         r"losses\[0\]\.teacher_template: expected either pairs=.*neither form is complete: layer_map needs both "
+         r"templates\), got layer_map=\[\(0, 2\)\], student_template='s\.\{\}'"),
+        ({"student_template": "s.{}", "teacher_template": "t.{}"},
+         r"losses\[0\]\.layer_map: expected either .*neither form is complete"),
+        ({"pairs": [["a", "b"]], "layer_map": [[0, 1]], "student_template": "s.{}", "teacher_template": "t.{}"},
+         r"losses\[0\]\.pairs: expected either .*not both forms: pairs and layer_map given"),
+        ({}, r"losses\[0\]\.pairs: expected either .*neither form is complete.*got nothing"),
+        ({"layer_map": [[0, -1]], "student_template": "s.{}", "teacher_template": "t.{}"},
+         r"losses\[0\]\.layer_map: expected a non-empty list of \[student_layer, teacher_layer\] integer pairs "
+         r"\(each >= 0\), e\.g\. \[\[0, 2\], \[1, 5\]\], got \[\[0, -1\]\] \(list\)"),
+        ({"layer_map": [[0, 1]], "student_template": "encoder.layer", "teacher_template": "t.{}"},
+         r"losses\[0\]\.student_template: expected a module path with one '\{\}' for the layer index, e\.g\. "
+         r"'encoder\.layer\.\{\}', got 'encoder\.layer' \(str\)"),
+    ],
+)
+def test_layer_forms_are_validated_the_same_for_every_loss(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        build_loss([{"name": name, **LAYER_LOSSES[name], **params}])
+
+
+def test_layer_map_naming_a_missing_layer_names_the_path():
+    loss = build_loss([{"name": "hidden_mse", "layer_map": [[0, 7]], "student_template": "encoder.layer.{}",
+                        "teacher_template": "encoder.layer.{}"}])
+    with pytest.raises(ConfigError, match=r"no teacher feature shape for 'encoder\.layer\.7' \(shapes were given for: "
+                                          r"'encoder\.layer\.5'\)"):
+        loss.build({"encoder.layer.0": torch.Size([4, 8])}, {"encoder.layer.5": torch.Size([4, 8])})
+
+
+# --------------------------------------------------------------------------------------------------- embeddings
+def test_embed_mse_and_cos_hand_computed():
+    # embed_mse: s = [[1, 2], [0, 0]], t = [[1, 0], [3, 4]] -> squares 0, 4, 9, 16 -> 29 / (B*D = 4) = 7.25
+    s = torch.tensor([[1.0, 2.0], [0.0, 0.0]], requires_grad=True)
+    t = torch.tensor([[1.0, 0.0], [3.0, 4.0]], requires_grad=True)
+    loss = build_loss([{"name": "embed_mse"}]).members[0](LossInputs(s, t, None))
+    assert loss.item() == pytest.approx(7.25, rel=1e-6)
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    # embed_cos: [1, 0] vs [0, 5] -> cos 0 -> 1; [1, 1] vs [2, 2] -> cos 1 -> 0; mean 1/2
+    s, t = t_([[1, 0], [1, 1]]), t_([[0, 5], [2, 2]])
+    cos = build_loss([{"name": "embed_cos"}]).members[0]
+    assert cos(LossInputs(s, t, None)).item() == pytest.approx(0.5, rel=1e-6)
+    assert cos(LossInputs(3 * s, 0.1 * t, None)).item() == pytest.approx(0.5, rel=1e-6)  # scale-invariant
+
+
+@pytest.mark.parametrize("name", ["embed_mse", "embed_cos"])
+def test_embed_losses_name_both_shapes(name):
+    m = LOSSES.get(name)()
+    with pytest.raises(ConfigError, match=rf"loss '{name}': student vectors \(2, 384\) and teacher vectors "
+                                          r"\(2, 768\) differ in shape; the student's vectors need the teacher's width"):
+        m(LossInputs(torch.zeros(2, 384), torch.zeros(2, 768), None))
+    with pytest.raises(ConfigError, match=rf"loss '{name}' needs teacher vectors but LossInputs\.teacher_logits is "
+                                          r"None"):
+        m(LossInputs(torch.zeros(2, 384), None, None))
+
+
+def test_task_loss_names_are_registered_losses():
+    from ondevice.tasks import FEATURE_LOSSES, LOGIT_LOSSES, VECTOR_LOSSES
+
+    assert LOGIT_LOSSES | VECTOR_LOSSES | FEATURE_LOSSES == set(LOSSES.names())
