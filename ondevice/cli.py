@@ -53,6 +53,9 @@ def _add_distill(sub) -> None:
     _overrides(p)
     p.add_argument("--fresh", action="store_true", help="delete existing checkpoints and start over")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (they are overwritten)")
+    p.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2: the distilled and the hard-label "
+                                   "student are trained once per seed from paired inits; results give the mean, the "
+                                   "spread and a paired bootstrap 95%% CI of the gain (same as seeds = [...])")
     p.set_defaults(func=_cmd_distill)
 
 
@@ -60,7 +63,10 @@ def _cmd_distill(a) -> int:
     from .config import load_recipe
     from .distill import distill
 
-    recipe = load_recipe(a.recipe, a.overrides)
+    overrides = list(a.overrides)
+    if a.seeds:
+        overrides.append(f"seeds=[{a.seeds}]")
+    recipe = load_recipe(a.recipe, overrides)
     res = distill(recipe, resume=not a.no_resume, fresh=a.fresh)
     r = res.results
     if int(os.environ.get("RANK", "0")) == 0:
@@ -68,24 +74,52 @@ def _cmd_distill(a) -> int:
     return EXIT_OK
 
 
+_HIDDEN = {"n", "loss", "neg_ppl", "score"}
+_NAMES = {"acc": "test accuracy", "errors": "test errors", "ppl": "perplexity", "token_acc": "next-token acc",
+          "teacher_agreement": "agreement w/ teacher", "cosine": "cosine to teacher"}
+
+
+def _metric_columns(block: dict) -> list[str]:
+    """The student's test metrics worth a column (accuracy/errors, perplexity, agreement, cosine, NN agreement)."""
+    keys = [k[5:] for k in block if k.startswith("test_") and k[5:].split(".")[-1] not in _HIDDEN]
+    return keys
+
+
+def _fmt_metric(v) -> str:
+    if isinstance(v, bool) or v is None:
+        return "-"
+    return str(v) if isinstance(v, int) else f"{v:.4f}"
+
+
 def _print_distill_summary(r: dict, out: Path) -> None:
     from rich.table import Table
 
-    t = Table(title=f"distillation results (measured on {r['measured_on']['cpu_model']}, test set n={r['student']['test_n']})")
-    for c in ("model", "role", "params", "test accuracy", "test errors"):
+    where = r["measured_on"].get("device") or r["measured_on"]["cpu_model"]
+    where = r["measured_on"]["cpu_model"] if where == "cpu" else where
+    task = (r.get("task") or {}).get("name", "classification")
+    t = Table(title=f"distillation results, task {task} (measured on {where}, test set n={r['student'].get('test_n')})")
+    cols = _metric_columns(r["student"])
+    for c in ("model", "role", "params", *(_NAMES.get(k, k) for k in cols)):
         t.add_column(c)
     rows = [("teacher", r["teacher"]), ("student (distilled)", r["student"])]
     if "baseline" in r:
         rows.append(("student (hard labels)", r["baseline"]))
     for role, b in rows:
-        t.add_row(b["model"], role, f"{b['params']:,}", f"{b['test_acc']:.4f}", str(b["test_errors"]))
+        t.add_row(b["model"], role, f"{b['params']:,}", *(_fmt_metric(b.get("test_" + k)) for k in cols))
     from .pipeline import console
 
     con = console()
     con.print(t)
-    if r.get("gap_closed") is not None:
+    if r.get("gain_ci95") is not None and r.get("gain_errors_mean") is not None:
+        lo, hi = r["gain_ci95"]
+        con.print(f"over seeds {r['seeds']}: distilled {r['distilled_errors']:.1f} errors (mean) vs hard-label "
+                  f"{r['hard_label_errors']:.1f}; gain {r['gain_errors_mean']:+.1f} errors, 95% CI [{lo:+.1f}, "
+                  f"{hi:+.1f}] ({r.get('ci_method', 'paired bootstrap')})")
+    elif r.get("gap_closed") is not None:
         con.print(f"distillation removed {r['distillation_gain_errors']} errors vs hard labels; closed "
                   f"{100 * r['gap_closed']:.0f}% of the teacher-student gap (teacher outputs {r['teacher_outputs']})")
+    if r["student"].get("retention") is not None:
+        con.print(f"retention (student / teacher, {task}): {r['student']['retention']:.4f}")
     con.print(f"outputs: {out}")
 
 

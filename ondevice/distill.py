@@ -102,7 +102,7 @@ def teacher_fit_note(teacher_train_acc: float, baseline_train_acc: float | None)
     """
     if baseline_train_acc is None or teacher_train_acc >= baseline_train_acc:
         return None
-    return (f"the teacher is right on {teacher_train_acc:.1%} of the training images, the hard-label student on "
+    return (f"the teacher is right on {teacher_train_acc:.1%} of the training samples, the hard-label student on "
             f"{baseline_train_acc:.1%}: distillation pulls the student towards the teacher's mistakes. Train the "
             f"teacher to fit its training data better (less dropout/augmentation, more epochs) or raise the ce weight.")
 

@@ -61,22 +61,18 @@ def _set(model: nn.Module, path: str, value: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, name, value)
 
 
-def _update_config(model: nn.Module, n_layers: int) -> None:
+def _update_config(model: nn.Module, blocks: nn.Module) -> None:
+    n_layers = len(blocks)
     for m in model.modules():
         cfg = getattr(m, "config", None)
         if cfg is not None and hasattr(cfg, "num_hidden_layers"):
             cfg.num_hidden_layers = n_layers
             if getattr(cfg, "layer_types", None):
                 cfg.layer_types = cfg.layer_types[:n_layers]
-    for i, block in enumerate(_blocks(model)):
+    for i, block in enumerate(blocks):
         for sub in block.modules():
             if hasattr(sub, "layer_idx"):
                 sub.layer_idx = i  # decoder attention indexes its KV cache by layer
-
-
-def _blocks(model: nn.Module) -> list[nn.Module]:
-    _, stack = find_layer_stack(model)
-    return list(stack)
 
 
 def _ffn_pairs(block: nn.Module) -> list[tuple[list[nn.Linear], nn.Linear]]:
@@ -114,7 +110,7 @@ def student_from_teacher(teacher: nn.Module, layers: str | int | Sequence[int] =
     kept = type(blocks)(*[blocks[i] for i in keep]) if isinstance(blocks, nn.Sequential) \
         else nn.ModuleList([blocks[i] for i in keep])
     _set(student, path, kept)
-    _update_config(student, len(keep))
+    _update_config(student, kept)
     if ffn is not None:
         for block in kept:
             pairs = _ffn_pairs(block)

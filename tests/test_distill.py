@@ -85,7 +85,7 @@ def test_outputs_and_results(digits_run):
 def test_teacher_fit_note():
     assert teacher_fit_note(0.99, 0.97) is None and teacher_fit_note(0.9, None) is None
     msg = teacher_fit_note(0.949, 0.972)
-    assert msg.startswith("the teacher is right on 94.9% of the training images, the hard-label student on 97.2%")
+    assert msg.startswith("the teacher is right on 94.9% of the training samples, the hard-label student on 97.2%")
     assert "less dropout/augmentation" in msg and "ce weight" in msg
 
 
