@@ -39,6 +39,7 @@ def _transformers():
         raise ImportError(f"Hugging Face models need the transformers package ({e}); install it with: {PIP_LINE}"
                           ) from None
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars would flood logs and CI output
     return transformers
 
 

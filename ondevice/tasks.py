@@ -117,22 +117,37 @@ class Task:
     def finish_stats(self, st: dict[str, float]) -> dict[str, float]:
         return st
 
-    def evaluate(self, model: nn.Module, split, *, batch_size: int = 1000, teacher: nn.Module | None = None,
+    def evaluate(self, model: nn.Module, split, *, batch_size: int = 1000, teacher: "nn.Module | list | None" = None,
                  device: torch.device | str = "cpu", autocast=None) -> dict[str, float]:
-        """Metrics of `model` on `split` (and agreement with `teacher` where the task defines one)."""
+        """Metrics of `model` on `split` (and agreement with `teacher` where the task defines one). `teacher` is a
+        model, or its predictions per batch from :meth:`teacher_predictions` (the same split and batch size)."""
         was = model.training
         model.eval()
         st = self.new_stats()
         with torch.no_grad():
-            for idx in torch.arange(len(split)).split(batch_size):
+            for b, idx in enumerate(torch.arange(len(split)).split(batch_size)):
                 inputs, targets = split.batch(idx)
                 inputs, targets = tree_to(inputs, device), _to(targets, device)
                 with autocast() if autocast else _null():
                     s = self.prediction(call_model(model, inputs))
-                    t = self.prediction(call_model(teacher, inputs)) if teacher is not None else None
+                    if isinstance(teacher, list):
+                        t = teacher[b]
+                    else:
+                        t = self.prediction(call_model(teacher, inputs)) if teacher is not None else None
                 self.update_stats(st, _f32(s), _f32(t), targets, inputs)
         model.train(was)
         return self.finish_stats(st)
+
+    def teacher_predictions(self, teacher: nn.Module, split, *, batch_size: int = 1000,
+                            device: torch.device | str = "cpu", autocast=None) -> list:
+        """The teacher's predictions on `split`, one entry per evaluation batch (computed once, reused each epoch)."""
+        out = []
+        with torch.no_grad():
+            for idx in torch.arange(len(split)).split(batch_size):
+                inputs, _ = split.batch(idx)
+                with autocast() if autocast else _null():
+                    out.append(_f32(self.prediction(call_model(teacher.eval(), tree_to(inputs, device)))))
+        return out
 
     def retention(self, student: dict[str, float], teacher: dict[str, float]) -> float | None:
         """Student quality as a fraction of the teacher's (what the report and the gates call retention)."""

@@ -85,14 +85,16 @@ class TextEncoder(nn.Module):
     """BERT-style encoder: forward(input_ids int64 (B, T), attention_mask int64/bool (B, T)) -> per ``head``:
 
     - ``"classification"``: logits (B, num_classes) from the mean of the real tokens' final states;
-    - ``"embedding"``: the pooled vector (B, dim), L2-normalised when ``normalize``;
+    - ``"embedding"``: the pooled vector (B, dim) -- or (B, embed_dim) through a linear projection, e.g. to match a
+      teacher's width -- L2-normalised when ``normalize``;
     - ``"multi"``: a dict {head name: logits (B, n)} for ``heads = {"name": n, ...}``;
     - ``"tokens"``: the final token states (B, T, dim).
     """
 
     def __init__(self, vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128,
                  max_len: int = 64, num_classes: int | None = None, head: str = "classification",
-                 heads_out: dict[str, int] | None = None, normalize: bool = False, dropout: float = 0.0):
+                 heads_out: dict[str, int] | None = None, normalize: bool = False, dropout: float = 0.0,
+                 embed_dim: int | None = None):
         super().__init__()
         if head not in ("classification", "embedding", "multi", "tokens"):
             raise ValueError(f"head must be classification, embedding, multi or tokens, got {head!r}")
@@ -107,6 +109,8 @@ class TextEncoder(nn.Module):
             self.classifier = nn.Linear(dim, num_classes)
         elif head == "multi":
             self.heads = nn.ModuleDict({k: nn.Linear(dim, int(n)) for k, n in heads_out.items()})
+        elif head == "embedding" and embed_dim:
+            self.project = nn.Linear(dim, int(embed_dim))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embeddings.tokens
@@ -125,6 +129,8 @@ class TextEncoder(nn.Module):
             return self.classifier(pooled)  # (B, C)
         if self.head == "multi":
             return {k: h(pooled) for k, h in self.heads.items()}  # name -> (B, n)
+        if hasattr(self, "project"):
+            pooled = self.project(pooled)  # (B, embed_dim)
         return F.normalize(pooled, dim=-1) if self.normalize else pooled  # (B, D)
 
 
@@ -163,9 +169,10 @@ class CausalLM(nn.Module):
 def text_encoder(vocab_size: int, dim: int = 64, layers: int = 2, heads: int = 4, ffn: int = 128, max_len: int = 64,
                  num_classes: int | None = None, head: str = "classification",
                  heads_out: dict[str, int] | None = None, normalize: bool = False,
-                 dropout: float = 0.0) -> TextEncoder:
+                 dropout: float = 0.0, embed_dim: int | None = None) -> TextEncoder:
     """BERT-style encoder over token ids + attention mask (see TextEncoder)."""
-    return TextEncoder(vocab_size, dim, layers, heads, ffn, max_len, num_classes, head, heads_out, normalize, dropout)
+    return TextEncoder(vocab_size, dim, layers, heads, ffn, max_len, num_classes, head, heads_out, normalize, dropout,
+                       embed_dim)
 
 
 @register_model("causal_lm")

@@ -586,10 +586,13 @@ def train_phase(phase: str, model: nn.Module, loss: nn.Module, train, val, setup
     loop = _Loop(phase, model, loss, len(train), st)
     loop.resume()
     secs: list[float] = []
+    judge = None  # the teacher's validation predictions, for tasks judged against the teacher: computed once
+    if st.teacher is not None and loop.task.eval_with_teacher:
+        judge = loop.task.teacher_predictions(st.teacher.teacher, _Trimmed(val), batch_size=st.spec.eval_batch_size,
+                                              device=st.device, autocast=loop.autocast)
     for epoch in range(loop.start_epoch, st.spec.epochs):
         rec = loop.epoch(epoch, train)
         secs.append(rec["seconds"])
-        judge = st.teacher.teacher if st.teacher is not None and loop.task.eval_with_teacher else None
         val_m = loop.task.evaluate(model, _Trimmed(val), batch_size=st.spec.eval_batch_size, device=st.device,
                                    autocast=loop.autocast, teacher=judge)
         score = val_m[loop.task.primary]
