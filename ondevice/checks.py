@@ -84,13 +84,13 @@ def check_model_on_data(model: nn.Module, splits, task, *, role: str, recipe_key
     inputs, targets = trim_padding(*train.batch(torch.arange(min(2, len(train)))))
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     inputs = tree_map_to(inputs, device)
+    _check_vocabulary(model, splits, inputs, role, recipe_key)  # before the probe: a bad id would crash it
     pred = task.prediction(_probe(model, inputs, role, recipe_key))
     try:
         task.views(pred, None, None if targets is None else tree_map_to(targets, device), inputs)
     except ConfigError as e:
         raise ConfigError(f"{recipe_key}: {e}") from None
     _check_labels(task, pred, splits, role)
-    _check_vocabulary(model, splits, inputs, role, recipe_key)
 
 
 def tree_map_to(tree: Tree, device) -> Tree:

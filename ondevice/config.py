@@ -437,14 +437,15 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
 
     check("data.dataset", lambda: data.resolve_loader(recipe.data.dataset))
 
-    def task_and_losses() -> None:
+    try:
         task = recipe.task.build()
-        task.check_losses([l.name for l in recipe.distill.losses])
+    except ConfigError as e:
+        problems.append(("task", str(e)))
+    else:
+        check("distill.losses", lambda: task.check_losses([l.name for l in recipe.distill.losses]))
         if recipe.distill.baseline and not task.has_labels:
-            raise ConfigError(f"distill.baseline: task {task.name!r} has no labels to train a hard-label baseline on; "
-                              "set distill.baseline = false")
-
-    check("task", task_and_losses)
+            problems.append(("distill.baseline", f"task {task.name!r} has no labels to train a hard-label baseline "
+                                                 "on; set distill.baseline = false"))
     from .losses import build_loss
 
     def losses() -> None:

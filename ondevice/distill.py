@@ -174,17 +174,45 @@ def _load_data(run: Run) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ teacher
-def _teacher(run: Run) -> tuple[torch.nn.Module, PhaseResult | None]:
+def _build_teacher(run: Run) -> torch.nn.Module:
+    """The teacher as loaded (pretrained), or freshly initialised when ondevice trains it (teacher.train)."""
+    t = run.recipe.teacher
+    if t.train is not None:
+        torch.manual_seed(run.recipe.seed + 1)
+    return _build(t).to(run.device)
+
+
+def _preflight(run: Run, teacher: torch.nn.Module) -> None:
+    """Every check that can fail before any training: teacher and student take the data's inputs, outputs fit the
+    task, labels fit the classes, the tokenizer fits the embeddings, and every feature layer the losses name exists
+    with shapes the losses accept."""
+    rng = torch.get_rng_state()  # building a probe student must not move the RNG the teacher then trains with
+    try:
+        _preflight_models(run, teacher)
+    finally:
+        torch.set_rng_state(rng)
+
+
+def _preflight_models(run: Run, teacher: torch.nn.Module) -> None:
+    from .losses import build_loss
+
+    r = run.recipe
+    check_model(run, teacher, "teacher")
+    student = build_student(r, teacher, r.student_seeds[0]).to(run.device)
+    check_model(run, student, "student")
+    loss = build_loss([l.as_dict() for l in r.distill.losses])
+    pairs = loss.feature_layers()
+    x1 = _to(run.splits.train.batch(torch.arange(1))[0], run.device)
+    loss.build(feature_shapes(student, sorted({s for s, _ in pairs}), x1, "student"),
+               feature_shapes(teacher, sorted({t for _, t in pairs}), x1, "teacher"))
+
+
+def _train_teacher(run: Run, model: torch.nn.Module) -> tuple[torch.nn.Module, PhaseResult | None]:
     from .losses import build_loss
 
     r, t = run.recipe, run.recipe.teacher
     if t.train is None:
-        model = _build(t).eval()
-        check_model(run, model, "teacher")
-        return model.to(run.device), None
-    torch.manual_seed(r.seed + 1)
-    model = _build(t, skip_pretrained=False)
-    check_model(run, model, "teacher")
+        return model.eval(), None
     h = r.section_hash("teacher", "data", "seed", "task")  # a finished checkpoint makes this a no-op reuse
     st = run.setup(t.train, seed=r.seed + 1, phase_hash=h, augment=t.augment or r.data.augment)
     res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), run.splits.train,
@@ -226,8 +254,6 @@ def _distilled(run: Run, teacher: torch.nn.Module, seed: int, t_out_cache: dict)
     pairs = loss.feature_layers()
     s_layers, t_layers = sorted({s for s, _ in pairs}), sorted({t for _, t in pairs})
     student = build_student(r, teacher, seed).to(run.device)
-    if seed == r.student_seeds[0]:
-        check_model(run, student, "student")
     x1 = run.splits.train.batch(torch.arange(1))[0]
     x1 = _to(x1, run.device)
     loss.build(feature_shapes(student, s_layers, x1, "student"), feature_shapes(teacher, t_layers, x1, "teacher"))
@@ -393,7 +419,9 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
 
     run = _prepare(recipe, resume, fresh)
     _load_data(run)
-    teacher, teacher_phase = _teacher(run)
+    teacher = _build_teacher(run)
+    _preflight(run, teacher)
+    teacher, teacher_phase = _train_teacher(run, teacher)
     x1 = _to(run.splits.train.batch(torch.arange(1))[0], run.device)
     with torch.no_grad():
         run.spec = infer_spec(x1, run.task.prediction(_call(teacher, x1)),
