@@ -53,6 +53,17 @@ class Artifact:
         return Path(str(self.path) + ".json")
 
 
+def cpu_copy(model):
+    """The model itself when it already lives on the CPU, else a CPU copy (a GPU-trained student stays where it is)."""
+    import copy
+
+    import torch
+
+    if all(t.device.type == "cpu" for t in list(model.parameters()) + list(model.buffers())):
+        return model
+    return copy.deepcopy(model).to(torch.device("cpu"))
+
+
 def torch_outputs(model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Run the eager PyTorch model on a float32 batch (in chunks) and return float32 NumPy outputs."""
     import torch
@@ -103,7 +114,7 @@ def export(model, target: str, precision: str = "fp32", *, out: str | Path | Non
     out = Path(out) if out is not None else Path(f"{type(model).__name__}_{target}_{precision}{tgt.spec.suffix}")
     if not str(out).endswith(tgt.spec.suffix):
         out = out.with_name(out.name + tgt.spec.suffix)
-    model = model.eval()
+    model = cpu_copy(model).eval()
     art = Artifact(target=target, precision=precision, path=str(out), status="error", options=dict(options),
                    machine=machine_record())
     try:

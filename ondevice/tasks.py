@@ -259,7 +259,8 @@ class TokenLM(Task):
                               f"{tuple(s_pred.shape[:2])}")
         keep = self._keep(targets)  # (B, T)
         topk = None if t_topk is None else (t_topk[0][keep], t_topk[1][keep])  # (N, k) each
-        return [View(s_pred[keep], None if t_pred is None else t_pred[keep], targets[keep], teacher_topk=topk)]
+        return [View(s_pred[keep], None if t_pred is None else t_pred[keep], targets[keep], teacher_topk=topk,
+                     weight=_global_token_weight(keep))]
 
     def new_stats(self) -> dict[str, float]:
         return {"nll": 0.0, "n": 0.0, "correct": 0.0, "agree": 0.0, "has_teacher": 0.0}
@@ -287,6 +288,20 @@ class TokenLM(Task):
     def retention(self, student, teacher) -> float | None:
         """Teacher perplexity / student perplexity (1.0 = as good as the teacher)."""
         return None if not student.get("ppl") else teacher["ppl"] / student["ppl"]
+
+
+def _global_token_weight(keep: Tensor) -> float:
+    """Under torchrun, each process averages its losses over its own tokens and DDP then averages the processes; with
+    uneven token counts that is not the mean over all tokens of the global batch. Weighting the view by
+    n_local * world / n_global makes it exactly that (what one process on the whole batch computes). 1.0 otherwise."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return 1.0
+    n = keep.sum().to(torch.float64).reshape(1)  # (1,) this process's counted tokens
+    total = n.clone()
+    dist.all_reduce(total)
+    return float(n * dist.get_world_size() / total.clamp_min(1.0))
 
 
 # ---------------------------------------------------------------------------------------------- embedding

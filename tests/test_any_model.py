@@ -259,5 +259,35 @@ def test_torchrun_two_processes_match_one(tmp_path, kind):
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
     a = torch.load(tmp_path / "one" / "student.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "student.pt", weights_only=True)
+    # Sample-averaged losses and token_lm's token-averaged ones (weighted by the global token count) give the
+    # single-process update up to float summation order. Feature losses averaged over each process's own real tokens
+    # (minilm, hidden_cos) are averaged per process and then across processes, so there the weights agree within 1%.
+    exact = kind in ("lm", "embedding")
     for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"student.pt:{k}")
+        if exact:
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"student.pt:{k}")
+        else:
+            assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) < 0.01, k
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())["student"]
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())["student"]
+    metric = RECIPES[kind][1]
+    assert r2["test_" + metric] == pytest.approx(r1["test_" + metric], abs=0.02)
+
+
+@pytest.mark.slow
+def test_readme_hugging_face_recipe_runs(tmp_path):
+    """The README's "bring your own model" recipe, verbatim, on a few glosses: a local Hugging Face teacher (MiniLM),
+    a DistilBERT-style student of every other teacher layer, and the cosine hidden-state loss through its layer map."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("### Bring your own model")[1].split("```toml")[1].split("```")[0]
+    p = tmp_path / "readme.toml"
+    p.write_text(f'output_dir = "{tmp_path / "out"}"\nthreads = 1\n' + block)
+    small = ["data.limit_train=64", "data.limit_val=32", "data.limit_test=32", "teacher.train.epochs=1",
+             "train.epochs=1", 'train.precision="fp32"', "train.batch_size=32", "teacher.train.batch_size=32"]
+    res = distill(load_recipe(p, small))
+    r = res.results
+    assert r["teacher"]["params"] > 22_000_000 and r["student"]["params"] < r["teacher"]["params"]
+    assert r["teacher"]["trained_by_ondevice"] and r["losses"][1]["name"] == "hidden_cos"
+    layers = res.student.backbone.encoder.layer
+    assert len(layers) == 3 and res.student.backbone.config.num_hidden_layers == 3
+    assert res.student.ondevice_layer_map["map"] == [[0, 0], [1, 2], [2, 4]]
