@@ -129,3 +129,17 @@ def test_inconsistent_seed_lists_are_rejected(per_seed, match):
 def test_ci_sentence_warns_only_for_few_seeds():
     assert ci_sentence(3).endswith("errs narrow")
     assert ci_sentence(10) == "percentile bootstrap over 10 paired seeds, 10,000 resamples"
+
+
+def test_describe_gain_for_logs():
+    from ondevice.stats import describe_gain
+
+    s = summarize_seeds([_seed(0, 100, 107), _seed(1, 104, 110), _seed(2, 99, 103)], teacher_errors=95)
+    assert describe_gain(s) == (
+        "distilled 101.0 ± 2.6 vs hard-label 106.7 ± 3.5 test errors over 3 seeds: gain +5.7, 95% CI [+4.0, +7.0] "
+        "(excludes zero; percentile bootstrap over 3 paired seeds, 10,000 resamples; with so few seeds the interval "
+        "is about the range of the per-seed gains and errs narrow)")
+    one = describe_gain(summarize_seeds([_seed(0, 109, 107)], teacher_errors=95))
+    assert one == "distilled 109 vs hard-label 107 test errors over 1 seed: gain -2.0 (one seed: no confidence interval)"
+    assert describe_gain(summarize_seeds([_seed(0, 120), _seed(1, 118)], 95)) == (
+        "distilled 119.0 ± 1.4 test errors over 2 seeds (no hard-label baseline)")
