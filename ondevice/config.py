@@ -170,6 +170,11 @@ class GatesSpec(_Strict):
     require_all_targets: bool = Field(True, description="an export that failed fails the gate")
     baseline: str | None = Field(None, description="committed baseline report to compare against")
     regression_tolerance: float = Field(0.05, ge=0, description="relative worsening allowed vs the baseline")
+    min_distillation_gain: float | None = Field(
+        None, description="run-wide: hard-label student errors minus distilled student errors on the test set, mean "
+                          "over seeds (the distill results embedded in ondevice run's pipeline.json)")
+    distillation_gain_confidence: bool = Field(
+        True, description="min_distillation_gain also needs the lower end of the gain's 95% CI above the threshold")
 
 
 _LATER_SECTIONS = frozenset({"task", "seeds"})

@@ -169,10 +169,12 @@ def export_many(model, jobs: list[tuple[str, list[str], dict]], *, out_dir: str 
     One target or precision failing (missing SDK, conversion error, failed verification) is recorded in its
     Artifact (status "error"/"failed" with the message) and the others continue.
     """
+    from .progress import Ticker
     from .target import get_spec
 
     out_dir = Path(out_dir)
     results: list[Artifact] = []
+    ticker = Ticker(sum(len(p) for _, p, _ in jobs), "export")
     for target, precisions, options in jobs:
         for precision in precisions:
             try:
@@ -180,6 +182,7 @@ def export_many(model, jobs: list[tuple[str, list[str], dict]], *, out_dir: str 
                 path = out_dir / target / f"{stem}_{precision}{suffix}"
             except KeyError as e:  # unknown target: the message lists the valid ones
                 results.append(Artifact(target, precision, "", "error", error=str(e)))
+                ticker.tick(f"{target}/{precision} error")
                 if on_result:
                     on_result(results[-1])
                 continue
@@ -191,6 +194,7 @@ def export_many(model, jobs: list[tuple[str, list[str], dict]], *, out_dir: str 
                                options=dict(options))
                 atomic_write_json(art.record_path(), art.to_dict())
             results.append(art)
+            ticker.tick(f"{target}/{precision} {art.status}")
             if on_result:
                 on_result(art)
     return results

@@ -65,10 +65,7 @@ def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) ->
     out: list[GateResult] = []
 
     def add(gate, row, metric, threshold, value, ok, label, why=""):
-        name = _name(row) if row is not None else "*"
-        msg = "" if ok else (f"{gate}: {name} {metric} = {_fmt(value)} ({label}) violates threshold {_fmt(threshold)}"
-                             + (f"; {why}" if why else ""))
-        out.append(GateResult(gate, name, metric, threshold, value, bool(ok), label, msg))
+        out.append(_result(gate, _name(row) if row is not None else "*", metric, threshold, value, ok, label, why))
 
     for row in rows:
         ok_status = row.get("status") == "verified"
@@ -117,9 +114,56 @@ def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) ->
             if gates.power_budget:
                 add("power_budget", row, "fits_profile_budgets", True, est.get("passes"), bool(est.get("passes")), lab,
                     est.get("why", ""))
+    out += check_distillation(report, gates)
     if baseline is not None:
         out += check_regression(rows, artifact_rows(baseline)[0], gates.regression_tolerance)
     return out
+
+
+def _result(gate: str, artifact: str, metric: str, threshold: Any, value: Any, ok: bool, label: str,
+            why: str = "") -> GateResult:
+    msg = "" if ok else (f"{gate}: {artifact} {metric} = {_fmt(value)} ({label}) violates threshold {_fmt(threshold)}"
+                         + (f"; {why}" if why else ""))
+    return GateResult(gate, artifact, metric, threshold, value, bool(ok), label, msg)
+
+
+def check_distillation(report: dict, gates: GatesSpec) -> list[GateResult]:
+    """min_distillation_gain (run-wide): hard-label errors minus distilled errors on the test set, mean over seeds, must
+    be >= the threshold; with distillation_gain_confidence the lower end of its paired bootstrap 95% CI must also lie
+    above the threshold (a single seed has no interval and fails that half). Reads report["distill"] (results.json of
+    `ondevice distill`, embedded in pipeline.json); single-seed results written before seeds existed are read through
+    their `distillation_gain_errors`."""
+    thr = gates.min_distillation_gain
+    if thr is None:
+        return []
+    gate = "min_distillation_gain"
+    d = report.get("distill")
+    if not d:
+        return [_result(gate, "*", "gain_errors_mean", thr, None, False, "recorded",
+                        "the report carries no distillation results; gate the pipeline.json written by `ondevice run`")]
+    mean = d.get("gain_errors_mean", d.get("distillation_gain_errors"))
+    seeds = d.get("seeds") or []
+    label = (f"measured on {(d.get('student') or {}).get('test_n', '?')} test samples, "
+             f"{len(seeds) or 1} seed{'s' if len(seeds) > 1 else ''}")
+    if mean is None:
+        return [_result(gate, "*", "gain_errors_mean", thr, None, False, label,
+                        "no hard-label student was trained (distill.baseline = false), so there is no gain to check")]
+    out = [_result(gate, "*", "gain_errors_mean", thr, mean, mean >= thr, label,
+                   "hard-label student errors minus distilled student errors")]
+    if gates.distillation_gain_confidence:
+        ci = d.get("gain_ci95")
+        why = ("" if ci and len(seeds) > 1 else
+               "a single seed has no confidence interval: distill over 3 or more seeds, or set "
+               "distillation_gain_confidence = false")
+        low = ci[0] if ci else None
+        out.append(_result("distillation_gain_confidence", "*", "gain_ci95_low", thr, low,
+                           not why and low > thr, label + ", paired bootstrap 95% CI", why or
+                           f"the 95% CI {_fmt_ci(ci)} of the gain does not lie above the threshold"))
+    return out
+
+
+def _fmt_ci(ci: list) -> str:
+    return f"[{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
 
 
 # metric -> (direction, label): "up" means larger is worse

@@ -7,7 +7,8 @@ is recorded with its error and the others continue.
 
 Outputs in output_dir: the distillation outputs (student.pt, results.json, ...), artifacts/<target>/..., report/
 (report.json, report.md, report.html from the bench harness), pipeline.json (one row per artifact + stage record) and
-gates/ (junit.xml, summary.md).
+gates/ (junit.xml, summary.md). A stage record's `seconds` is the time of the run that computed the stage; a cached
+re-run keeps it and adds `seconds_this_run` and `cached: true`.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .io import atomic_write_json, atomic_write_text, library_versions, read_json, sha256_file
-from .progress import status
+from .progress import Ticker, status
 
 if TYPE_CHECKING:
     from .config import Recipe
@@ -46,7 +47,23 @@ class StageState:
 
     def done(self, name: str, key: str, **extra: Any) -> None:
         self.data[name] = {"key": key, "status": "done", **extra}
+        self._write()
+
+    def _write(self) -> None:
         atomic_write_json(self.path, {"schema_version": PIPELINE_SCHEMA, "stages": self.data})
+
+    def timing(self, name: str, key: str, info: dict) -> dict:
+        """The stage's pipeline.json record. A stage computed now stores its seconds in the cache record; a cached
+        one reports the seconds of the run that computed it (None when that run predates this record), with
+        `seconds_this_run` and `cached: true`."""
+        now, rec = info.get("seconds"), self.data.get(name)
+        if info.get("cached"):
+            return {"state": info["state"], "seconds": (rec or {}).get("seconds"), "seconds_this_run": now,
+                    "cached": True}
+        if rec is not None and rec.get("key") == key and rec.get("status") == "done":
+            rec["seconds"] = now
+            self._write()
+        return {"state": info["state"], "seconds": now, "seconds_this_run": now, "cached": False}
 
 
 class Board:
@@ -144,7 +161,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                  sha256_file(recipe.teacher.weights) if recipe.teacher.weights else None)
         with _stage(board, "distill") as info:
             if state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists():
-                info.update(state="cached", note="student.pt reused")
+                info.update(state="cached", cached=True, note="student.pt reused")
             else:
                 from .distill import distill
 
@@ -155,7 +172,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                 info["note"] = (info["note"] + "; " if info["note"] else "") + (
                     f"student {results['student']['test_errors']} errors vs hard-label "
                     f"{results['baseline']['test_errors']}, teacher {results['teacher']['test_errors']}")
-        stages["distill"] = {"state": info["state"], "seconds": info.get("seconds")}
+        stages["distill"] = state.timing("distill", key, info)
 
         # -- export + verify --------------------------------------------------------------------------------------
         exports: list[dict] = []
@@ -169,6 +186,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
             student = None
             student_sha = sha256_file(out / "student.pt")
             ex = recipe.export
+            ticker = Ticker(len(jobs), "export")
             for target, precision, options in jobs:
                 name = f"export {target}/{precision}"
                 jkey = _h(student_sha, target, precision, options, ex.calibration_samples, ex.verify_samples,
@@ -178,7 +196,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                     rec = state.hit(name, jkey)
                     if rec and Path(rec["record"]).exists():
                         art = read_json(rec["record"])
-                        info["state"] = "cached"
+                        info.update(state="cached", cached=True)
                     else:
                         if splits is None:
                             splits = load_data(d, recipe.seed)
@@ -196,7 +214,8 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                     info["note"] = (f"{art.get('size_bytes') or 0:,} B, SQNR {v.get('sqnr_db', float('nan')):.1f} dB"
                                     if art["status"] == "verified" else (art.get("error") or "").splitlines()[0][:100])
                 exports.append(art)
-                stages[name] = {"state": info["state"], "seconds": info.get("seconds")}
+                stages[name] = state.timing(name, jkey, info)
+                ticker.tick(f"{target}/{precision} {info['state']}")
 
         # -- bench + report ------------------------------------------------------------------------------------------
         report_dir = out / "report"
@@ -212,7 +231,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
             with _stage(board, "bench") as info:
                 if state.hit("bench", bkey) and (report_dir / "report.json").exists():
                     bench_report = read_json(report_dir / "report.json")
-                    info["state"] = "cached"
+                    info.update(state="cached", cached=True)
                 else:
                     from .data import load_data
 
@@ -228,7 +247,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                         out_dir=report_dir)
                     state.done("bench", bkey)
                 info["note"] = f"{len(ok_paths)} artifacts + teacher + student, {b.mode} mode"
-            stages["bench"] = {"state": info["state"], "seconds": info.get("seconds")}
+            stages["bench"] = state.timing("bench", bkey, info)
 
         # -- pipeline report ----------------------------------------------------------------------------------------
         from .summary import merge_rows, model_rows

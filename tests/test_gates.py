@@ -166,3 +166,70 @@ def test_gate_outputs_match_goldens(golden):
                                         power_budget=True, max_p90_ms=1.0))
     golden("gates_summary.md", markdown_summary(res))
     golden("gates_junit.xml", junit_xml(res))
+
+
+# --- min_distillation_gain: run-wide, from the distill results embedded in pipeline.json ----------------------------
+def with_distill(**d):
+    return {**copy.deepcopy(REPORT), "distill": {"student": {"test_errors": 100, "test_n": 10000}, **d}}
+
+
+SEEDED = dict(seeds=[0, 1, 2], gain_errors_mean=17 / 3, gain_ci95=[4.0, 7.0])
+
+
+def test_distillation_gain_and_its_ci_pass():
+    res = check_gates(with_distill(**SEEDED), GatesSpec(min_distillation_gain=3.5))
+    dist = {r.gate: r for r in res if r.artifact == "*"}
+    assert set(dist) == {"min_distillation_gain", "distillation_gain_confidence"}
+    assert all(r.passed for r in res)
+    assert dist["min_distillation_gain"].value == pytest.approx(17 / 3)
+    assert dist["distillation_gain_confidence"].value == 4.0
+    assert dist["min_distillation_gain"].label == "measured on 10000 test samples, 3 seeds"
+
+
+def test_distillation_gain_fails_when_its_ci_reaches_the_threshold():
+    rep = with_distill(seeds=[0, 1, 2], gain_errors_mean=4 / 3, gain_ci95=[-2.0, 4.0])
+    res = check_gates(rep, GatesSpec(min_distillation_gain=0))
+    failed = [r for r in res if not r.passed]
+    assert [r.gate for r in failed] == ["distillation_gain_confidence"]
+    assert failed[0].message == (
+        "distillation_gain_confidence: * gain_ci95_low = -2 (measured on 10000 test samples, 3 seeds, paired "
+        "bootstrap 95% CI) violates threshold 0; the 95% CI [-2, 4] of the gain does not lie above the threshold")
+    # without the confidence requirement the mean alone decides
+    assert all(r.passed for r in check_gates(rep, GatesSpec(min_distillation_gain=0,
+                                                            distillation_gain_confidence=False)))
+    res = check_gates(rep, GatesSpec(min_distillation_gain=2, distillation_gain_confidence=False))
+    assert [r.message for r in res if not r.passed] == [
+        "min_distillation_gain: * gain_errors_mean = 1.333 (measured on 10000 test samples, 3 seeds) violates "
+        "threshold 2; hard-label student errors minus distilled student errors"]
+
+
+def test_committed_single_seed_report_fails_the_gain_gate():
+    """benchmarks/results/mnist_pipeline.json predates seeds: its one seed lost by 2 errors (109 vs 107)."""
+    from pathlib import Path
+
+    rep = json.loads((Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mnist_pipeline.json").read_text())
+    res = {r.gate: r for r in check_gates(rep, GatesSpec(min_distillation_gain=0)) if r.artifact == "*"}
+    assert res["min_distillation_gain"].value == -2 and not res["min_distillation_gain"].passed
+    assert not res["distillation_gain_confidence"].passed
+    assert "a single seed has no confidence interval" in res["distillation_gain_confidence"].message
+
+
+def test_distillation_gain_needs_distill_results_and_a_baseline():
+    res = check_gates(REPORT, GatesSpec(min_distillation_gain=1))
+    assert [r.message for r in res if not r.passed] == [
+        "min_distillation_gain: * gain_errors_mean = n/a (recorded) violates threshold 1; the report carries no "
+        "distillation results; gate the pipeline.json written by `ondevice run`"]
+    res = check_gates(with_distill(seeds=[0], gain_errors_mean=None), GatesSpec(min_distillation_gain=1))
+    assert "no hard-label student was trained" in [r for r in res if not r.passed][0].message
+
+
+def test_cli_fails_on_the_distillation_gate(tmp_path):
+    rep = tmp_path / "pipeline.json"
+    rep.write_text(json.dumps({**with_distill(seeds=[0, 1, 2], gain_errors_mean=1.0, gain_ci95=[-3.0, 5.0]),
+                               "recipe": {"gates": {"min_distillation_gain": 0.5}}}))
+    p = _cli(str(rep))
+    assert p.returncode == 1
+    assert "GATE FAILED distillation_gain_confidence: * gain_ci95_low = -3" in p.stdout
+    g = tmp_path / "g.toml"
+    g.write_text("min_distillation_gain = 0.5\ndistillation_gain_confidence = false\n")
+    assert _cli(str(rep), "--gates", str(g)).returncode == 0

@@ -47,7 +47,7 @@ cli = partial(helpers.cli, timeout=900)  # `ondevice run` does the whole chain (
 def first_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("pipe")
     rp = write(tmp)
-    p = cli("run", str(rp))
+    p = cli("run", str(rp), env={"ONDEVICE_PROGRESS": "1"})  # progress lines on: stderr is a pipe, not a terminal
     return tmp, rp, p
 
 
@@ -69,14 +69,28 @@ def test_first_run_produces_report_and_gates(first_run):
         assert (out / f).exists(), f
     assert all(g["passed"] for g in rep["gates"])
     assert "gates:" in p.stdout and "report:" in p.stdout
+    assert all(not st["cached"] and st["seconds"] == st["seconds_this_run"] > 0 for st in rep["stages"].values())
+
+
+def test_long_stages_print_progress_lines_off_a_terminal(first_run):
+    err = first_run[2].stderr
+    assert "[export] 1 of 2 (onnxruntime/fp32 done)" in err
+    assert "[export] 2 of 2 (onnxruntime/int8_static done): done in" in err
+    for stage in ("loading", "timing variants in interleaved rounds", "accuracy passes over"):
+        assert f"[bench: {stage}" in err, err[-3000:]
 
 
 def test_second_identical_run_reuses_every_stage(first_run):
     tmp, rp, _ = first_run
+    first = json.loads((tmp / "out" / "pipeline.json").read_text())["stages"]
     res = run(rp)
     assert {k: v["state"] for k, v in res.report["stages"].items()} == {
         "distill": "cached", "export onnxruntime/fp32": "cached", "export onnxruntime/int8_static": "cached",
         "bench": "cached"}
+    # the first run's stage times survive; this run's (near zero) are kept beside them
+    for name, st in res.report["stages"].items():
+        assert st["cached"] is True and st["seconds"] == first[name]["seconds"], name
+        assert st["seconds_this_run"] < first[name]["seconds"], name
 
 
 def test_a_new_precision_redoes_only_what_changed(first_run):

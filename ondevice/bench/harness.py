@@ -24,7 +24,9 @@ from ondevice.io import machine_record
 from . import accuracy as acc
 from .config import BenchConfig, Data, Item, TorchModelRef, load_data, resolve_items
 from .energy import estimate, host_energy_source, weight_bytes_for
-from .latency import StopRule, chunk_size, interleave, latency_stats
+from ondevice.progress import Ticker
+
+from .latency import StopRule, chunk_size, interleave, latency_stats, rounds_done
 from .profiles import Profile, load_profiles
 from .worker import Worker, WorkerError
 
@@ -167,7 +169,8 @@ def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profil
         log.info("group %d/%d: started %d workers for %s x threads %s", g + 1, len(groups), len(group),
                  [items[i].label for i in idxs], list(config.threads))
         try:
-            _measure_group(items, idxs, group, ds, n_eval, paths, config, res)
+            tag = "bench" if len(groups) == 1 else f"bench group {g + 1} of {len(groups)}"
+            _measure_group(items, idxs, group, ds, n_eval, paths, config, res, tag)
         finally:
             for v in group:
                 if v.worker is not None:
@@ -178,7 +181,7 @@ def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profil
 
 
 def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant], ds: Data, n_eval: int,
-                   paths: dict, config: BenchConfig, res: _Results) -> None:
+                   paths: dict, config: BenchConfig, res: _Results, tag: str = "bench") -> None:
     timeout = config.timeout_s
     init_kw = {v.key: {"engine": v.item.engine, "threads": v.threads} for v in variants}
     for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(paths["latency"]),
@@ -193,12 +196,14 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
     def live(vs=variants):
         return [v for v in vs if v.alive]
 
+    loading = Ticker(len(live()), f"{tag}: loading")
     for v in live():  # one at a time: load times and peaks without contention
         try:
             v.load = v.worker.request("load", timeout)
             log.info("loaded %s (threads=%d) in %.2f s", v.item.label, v.threads, v.load["load_seconds"])
         except WorkerError as e:
             v.fail("load", e)
+        loading.tick(v.item.label)
 
     for v in live():
         if v.idx in res.infos:
@@ -233,7 +238,9 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
     rule = StopRule(config.min_queries, config.min_seconds, config.max_seconds)
     timed_keys = [v.key for v in timed if v.alive]
     log.info("timing %d variants in interleaved rounds (%s mode)", len(timed_keys), config.mode)
-    progress, schedule = interleave(run_chunk, timed_keys, rule)
+    timing = Ticker(len(timed_keys), f"{tag}: timing variants in interleaved rounds")
+    progress, schedule = interleave(run_chunk, timed_keys, rule,
+                                    on_round=lambda r, p: timing.update(rounds_done(p, rule), f"round {r + 1}"))
     res.progress.update(progress)
     res.schedule.extend(schedule)
 
@@ -246,20 +253,12 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
 
     # --- accuracy: one pass over the test set per item ---------------------------------------------------------
     if config.accuracy and not ds.synthetic:  # synthetic inputs have no labels and no meaningful outputs
+        passes = Ticker(len(idxs), f"{tag}: accuracy passes over {n_eval} samples")
         for i in idxs:
             cands = live([v for v in variants if v.idx == i])
-            if not cands:
-                continue
-            v = cands[0]
-            out_path = paths["work"] / f"outputs_{i}.npy"
-            try:
-                v.worker.request("predict", timeout, x=str(paths["eval"]), out=str(out_path),
-                                 batch_size=max(config.batch_size, 64))
-                res.outputs[i] = np.load(out_path)
-                log.info("accuracy pass done for %s (%d samples)", items[i].label, n_eval)
-            except WorkerError as e:
-                v.fail("accuracy", e)
-                res.acc_errors[i] = _err("accuracy", e, v.threads)
+            if cands:
+                _accuracy_pass(items[i], i, cands[0], paths, config, n_eval, res)
+            passes.tick(items[i].label)
 
     # --- MAC / activation counts of the eager models ------------------------------------------------------------
     for i in idxs:
@@ -273,6 +272,20 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
             res.graphs[i] = cands[0].worker.request("graph", timeout, x=str(paths["latency"]))
         except WorkerError as e:
             res.graph_errors[i] = str(e)
+
+
+def _accuracy_pass(item: Item, i: int, v: _Variant, paths: dict, config: BenchConfig, n_eval: int,
+                   res: _Results) -> None:
+    """One pass of item i over the evaluation samples in worker v; its outputs (or error) go into res."""
+    out_path = paths["work"] / f"outputs_{i}.npy"
+    try:
+        v.worker.request("predict", config.timeout_s, x=str(paths["eval"]), out=str(out_path),
+                         batch_size=max(config.batch_size, 64))
+        res.outputs[i] = np.load(out_path)
+        log.info("accuracy pass done for %s (%d samples)", item.label, n_eval)
+    except WorkerError as e:
+        v.fail("accuracy", e)
+        res.acc_errors[i] = _err("accuracy", e, v.threads)
 
 
 def _pareto(points: list[tuple[str, float, float]]) -> list[str]:

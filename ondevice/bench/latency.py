@@ -124,6 +124,13 @@ class StopRule:
     def done(self, n: int, seconds: float) -> bool:
         return (n >= self.min_queries and seconds >= self.min_seconds) or seconds >= self.max_seconds
 
+    def fraction(self, n: int, seconds: float) -> float:
+        """How far a variant is towards done(), in [0, 1] (for progress lines)."""
+        if self.done(n, seconds):
+            return 1.0
+        return max(min(n / self.min_queries, seconds / self.min_seconds if self.min_seconds else 1.0),
+                   seconds / self.max_seconds)
+
 
 @dataclass
 class VariantProgress:
@@ -144,12 +151,15 @@ def chunk_size(mean_latency_ns: float, chunk_seconds: float, max_chunk: int = 10
 
 
 def interleave(run_chunk: Callable[[Hashable], list[int]], keys: Sequence[Hashable], rule: StopRule,
-               *, rotate: bool = True, max_rounds: int = 1_000_000) -> tuple[dict[Hashable, VariantProgress], list[list]]:
+               *, rotate: bool = True, max_rounds: int = 1_000_000,
+               on_round: Callable[[int, dict[Hashable, VariantProgress]], None] | None = None,
+               ) -> tuple[dict[Hashable, VariantProgress], list[list]]:
     """Round-robin chunks across `keys` until each is done under `rule`.
 
     run_chunk(key) runs one chunk for that variant and returns its per-query latencies in ns; an exception
     marks that variant failed (its error kept) and the others continue. Round r starts at active variant
-    r mod len(active) when `rotate`. Returns per-key progress and the schedule (one list of keys per round).
+    r mod len(active) when `rotate`. on_round(r, progress) is called after each round. Returns per-key progress and
+    the schedule (one list of keys per round).
     """
     progress = {k: VariantProgress() for k in keys}
     schedule: list[list] = []
@@ -173,4 +183,12 @@ def interleave(run_chunk: Callable[[Hashable], list[int]], keys: Sequence[Hashab
                 continue
             progress[k].latencies_ns.extend(int(v) for v in ns)
             progress[k].chunks += 1
+        if on_round is not None:
+            on_round(r, progress)
     return progress, schedule
+
+
+def rounds_done(progress: dict[Hashable, VariantProgress], rule: StopRule) -> float:
+    """Variants' worth of the measuring done so far: the sum of each variant's fraction (a failed one counts as 1)."""
+    return sum(1.0 if p.error is not None else rule.fraction(len(p.latencies_ns), p.seconds)
+               for p in progress.values())

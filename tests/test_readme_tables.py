@@ -1,0 +1,111 @@
+"""The README's results section is generated from benchmarks/results/ (benchmarks/readme_tables.py): it must agree with
+the committed files, describe machines from their recorded CPU flags, and read per-seed and single-seed files alike."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("readme_tables", ROOT / "benchmarks" / "readme_tables.py")
+rt = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rt)
+
+
+def test_readme_results_section_matches_the_result_files():
+    diff = rt.check()
+    assert diff == "", f"README.md disagrees with benchmarks/results/; run python benchmarks/readme_tables.py --write\n{diff}"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["avx", "avx2", "avx512f", "avx512_vnni", "fma"], "AVX-512 with VNNI"),
+    (["avx", "avx2", "avx512f"], "AVX-512 without VNNI"),
+    (["avx", "avx2", "fma", "f16c"], "AVX2 without VNNI"),
+    (["avx", "avx2", "avx_vnni"], "AVX2 with AVX-VNNI"),
+    (["asimd", "asimddp"], "NEON with dot product"),
+    (["sse4_2"], "no AVX2 or NEON recorded"),
+])
+def test_isa_comes_from_the_recorded_flags(flags, expected):
+    assert rt.isa(flags) == expected
+
+
+def test_the_committed_files_were_measured_with_vnni():
+    """The README once said 'AVX2 without VNNI' while the files recorded avx512_vnni: the sentence now follows them."""
+    rec = rt.machine_record(rt.load("mnist_pipeline.json"))
+    assert "avx512_vnni" in rec["cpu_flags"]
+    assert "AVX-512 with VNNI" in rt.latency_section(rt.RESULTS)
+    assert "without VNNI" not in (ROOT / "README.md").read_text()
+
+
+SINGLE = {"teacher": {"test_errors": 95}, "student": {"test_errors": 109}, "baseline": {"test_errors": 107},
+          "distillation_gain_errors": -2, "gap_closed": -2 / 12}
+SEEDED = {**SINGLE, "seeds": [0, 1, 2], "gain_errors_mean": 17 / 3, "gain_ci95": [4.0, 7.0], "gap_closed_mean": 0.49,
+          "distilled_errors": 101.0, "distilled_errors_std": 2.6458, "hard_label_errors": 320 / 3,
+          "hard_label_errors_std": 3.5119}
+HINTON = {"teacher_errors": 104, "student_errors": 146, "distilled_errors": 114, "gap_closed": 0.7619}
+
+
+def test_distill_numbers_read_each_generation_of_fields():
+    old = rt.distill_numbers(SINGLE)
+    assert (old["teacher"], old["hard"], old["distilled"], old["gain"], old["ci"], old["seeds"]) == (95, 107, 109, -2,
+                                                                                                    None, 1)
+    new = rt.distill_numbers(SEEDED)  # per-seed means win over the seed-0 blocks
+    assert (new["hard"], new["distilled"], new["gain"], new["ci"], new["gap"], new["seeds"]) == (
+        pytest.approx(320 / 3), 101.0, pytest.approx(17 / 3), [4.0, 7.0], 0.49, 3)
+    h = rt.distill_numbers(HINTON)
+    assert (h["teacher"], h["hard"], h["distilled"], h["gain"], h["gap"]) == (104, 146, 114, 32, 0.7619)
+
+
+def test_distill_row_formats_means_spreads_and_the_ci():
+    assert rt.distill_row("s", rt.distill_numbers(SEEDED), "`f.json`") == (
+        "| s | 95 | 106.7 ± 3.5 | 101.0 ± 2.6 | **+5.7** [+4.0, +7.0] | 49% | 3 | `f.json` |")
+    straddles = {**SEEDED, "gain_ci95": [-2.0, 4.0]}
+    assert "| +5.7 [-2.0, +4.0] |" in rt.distill_row("s", rt.distill_numbers(straddles), "")
+    assert "| 95 | 107 | 109 | -2 (1 seed: no CI) | -17% | 1 |" in rt.distill_row("s", rt.distill_numbers(SINGLE), "")
+
+
+def test_stage_times_of_a_cached_rerun():
+    assert rt.computed_seconds({"state": "cached", "seconds": 0.0002}) is None  # written before seconds were kept
+    assert rt.computed_seconds({"state": "cached", "seconds": 390.0, "seconds_this_run": 0.1, "cached": True}) == 390.0
+    assert rt.computed_seconds({"state": "done", "seconds": 12.5}) == 12.5
+
+
+@pytest.fixture
+def copy(tmp_path):
+    shutil.copytree(rt.RESULTS, tmp_path / "results")
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    return tmp_path
+
+
+def test_check_fails_with_a_diff_when_a_file_changes(copy, monkeypatch, capsys):
+    p = copy / "results" / "targets_matrix.json"
+    d = json.loads(p.read_text())
+    d["verify_n"] = 3000
+    p.write_text(json.dumps(d))
+    diff = rt.check(copy / "README.md", copy / "results")
+    assert "-**Targets** (`targets_matrix.json`, the distilled MNIST student `mnist_small_cnn`, 2,000 test" in diff
+    assert "+**Targets** (`targets_matrix.json`, the distilled MNIST student `mnist_small_cnn`, 3,000 test" in diff
+    monkeypatch.setattr(rt, "README", copy / "README.md")
+    monkeypatch.setattr(rt, "RESULTS", copy / "results")
+    assert rt.main(["--check"]) == 1
+    assert "README.md disagrees with benchmarks/results/" in capsys.readouterr().err
+    assert rt.main(["--write"]) == 0 and rt.main(["--check"]) == 0
+    assert "3,000 test images" in (copy / "README.md").read_text()
+
+
+def test_a_second_machine_is_named_with_its_files(copy):
+    p = copy / "results" / "distill_speed.json"
+    d = json.loads(p.read_text())
+    d["measured_on"] = {**d["measured_on"], "cpu_model": "AMD EPYC", "cpu_flags": ["avx", "avx2", "fma"], "cores": 2}
+    p.write_text(json.dumps(d))
+    text = rt.machines_section(copy / "results")
+    assert "a 2-core AMD EPYC (AVX2 without VNNI): `distill_speed.json`; a 2-core Intel(R) Xeon(R)" in text
+
+
+def test_missing_markers_are_an_error_that_names_them(tmp_path):
+    (tmp_path / "README.md").write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="results:begin"):
+        rt.check(tmp_path / "README.md")
