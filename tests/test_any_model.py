@@ -21,6 +21,7 @@ from helpers import cli
 
 PY = sys.executable
 SMALL = "limit_train = 1536\nlimit_val = 128\nlimit_test = 128\n"
+TINY = "limit_train = 256\nlimit_val = 64\nlimit_test = 64\n"  # runs compared with each other, not judged
 
 # name -> (recipe body, the task's primary test metric, a floor it must reach: accuracy well above the 12% majority
 # class, perplexity far below the 259 of a uniform byte model, cosine well above unrelated vectors', a weighted score)
@@ -151,8 +152,8 @@ pairs = [["layers.0", "layers.1"]]
 }
 
 
-def recipe(tmp: Path, kind: str, out: str, extra: str = "", name: str | None = None) -> Path:
-    body = RECIPES[kind][0] % {"small": SMALL}
+def recipe(tmp: Path, kind: str, out: str, extra: str = "", name: str | None = None, small: str = SMALL) -> Path:
+    body = RECIPES[kind][0] % {"small": small}
     top, _, rest = body.partition("[")  # top-level keys (task = ...) must precede the first table
     p = tmp / (name or f"{kind}-{out}.toml")
     p.write_text(f'seed = 0\nthreads = 1\noutput_dir = "{tmp / out}"\n{top}{extra}\n[{rest}')
@@ -230,7 +231,7 @@ def _states_equal(a: Path, b: Path) -> bool:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(RECIPES))
 def test_kill_and_resume_gives_the_same_weights(tmp_path, kind):
-    straight, killed = recipe(tmp_path, kind, "a"), recipe(tmp_path, kind, "b")
+    straight, killed = recipe(tmp_path, kind, "a", small=TINY), recipe(tmp_path, kind, "b", small=TINY)
     assert cli("distill", str(straight)).returncode == 0
     p = cli("distill", str(killed), env={"ONDEVICE_KILL_AFTER": "distill:1"})
     assert p.returncode == 137, p.stderr[-2000:]
@@ -249,7 +250,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", list(RECIPES))
 def test_torchrun_two_processes_match_one(tmp_path, kind):
-    one, two = recipe(tmp_path, kind, "one"), recipe(tmp_path, kind, "two")
+    one, two = recipe(tmp_path, kind, "one", small=TINY), recipe(tmp_path, kind, "two", small=TINY)
     assert cli("distill", str(one)).returncode == 0
     env = {**os.environ, "ONDEVICE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
     p = subprocess.run([str(Path(PY).with_name("torchrun")), "--nnodes", "1", "--nproc-per-node", "2",
@@ -271,7 +272,7 @@ def test_torchrun_two_processes_match_one(tmp_path, kind):
     r1 = json.loads((tmp_path / "one" / "results.json").read_text())["student"]
     r2 = json.loads((tmp_path / "two" / "results.json").read_text())["student"]
     metric = RECIPES[kind][1]
-    assert r2["test_" + metric] == pytest.approx(r1["test_" + metric], abs=0.02)
+    assert r2["test_" + metric] == pytest.approx(r1["test_" + metric], abs=0.03)
 
 
 @pytest.mark.slow
