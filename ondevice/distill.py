@@ -20,6 +20,8 @@ import torch
 
 from .config import Recipe, dump_toml
 from .io import atomic_write_json, atomic_write_text, machine_record, read_json
+from .outdir import claim_recipe_dir
+from .provenance import record_hash, verify_hash
 from .progress import status
 from .train import (DistInfo, PhaseResult, TeacherOutputs, evaluate, feature_shapes, init_distributed, train_phase,
                     write_metrics)
@@ -42,6 +44,7 @@ def _save_state(path: Path, model: torch.nn.Module) -> None:
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     atomic_write_bytes(path, buf.getvalue())
+    record_hash(path, buf.getvalue())  # <file>.sha256, checked by load_student
 
 
 def build_student(recipe: Recipe) -> torch.nn.Module:
@@ -63,6 +66,8 @@ def load_student(output_dir: str | Path, which: str = "student") -> torch.nn.Mod
     weights = out / f"{which}.pt"
     if which == "teacher" and not weights.exists():
         return build_model(spec["model"], weights=spec.get("weights"), **spec.get("kwargs", {})).eval()
+    verify_hash(weights, fix=f"Re-run `ondevice distill` on this recipe (it rebuilds {weights.name} from its "
+                             f"checkpoints), or with --fresh to train again.")
     return build_model(spec["model"], weights=str(weights), **{k: v for k, v in spec.get("kwargs", {}).items()
                                                                if k != "pretrained"}).eval()
 
@@ -99,8 +104,13 @@ def _teacher(recipe: Recipe, splits, out: Path, di: DistInfo, resume: bool) -> t
     return res.model.eval(), res
 
 
-def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> DistillResult:
-    """Run distillation as the recipe says; see the module docstring for what is written."""
+def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False, force: bool = False,
+            explicit_output: bool = False) -> DistillResult:
+    """Run distillation as the recipe says; see the module docstring for what is written.
+
+    The output folder is claimed first (ondevice.outdir): `force` adopts a non-empty folder ondevice does not own,
+    `explicit_output` (the folder was given on the command line) lets it lie outside the working directory, and
+    `fresh` deletes the checkpoints ondevice wrote there."""
     from .data import load_dataset
     from .losses import build_loss
 
@@ -109,10 +119,8 @@ def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> Dist
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoints"
-    if fresh and di.is_main and ckpt_dir.exists():
-        import shutil
-
-        shutil.rmtree(ckpt_dir)
+    if di.is_main:
+        claim_recipe_dir(recipe, force=force, fresh=fresh, explicit=explicit_output, purpose="distill")
     if di.enabled:
         torch.distributed.barrier()
     out.mkdir(parents=True, exist_ok=True)
