@@ -89,14 +89,14 @@ def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef
     """
     config = config or BenchConfig()
     t_start = time.perf_counter()
-    if out_dir is not None:
-        from ondevice.outdir import claim
-
-        claim(out_dir, force=force, explicit=True, purpose="bench")
     resolved = resolve_items(items, teacher, student)
     profiles = load_profiles(config.profiles)
     ds = load_data(data, input_shape=config.input_shape, input_dtype=config.input_dtype, seed=config.seed,
                    items=resolved)
+    if out_dir is not None:  # inputs are sound: claim the report folder before measuring anything
+        from ondevice.outdir import claim
+
+        claim(out_dir, force=force, explicit=True, purpose="bench")
     machine_before = machine_record()
     with temp_dir("bench") as work:
         report = _run(resolved, ds, config, profiles, work, machine_before)
