@@ -1,7 +1,8 @@
 """`ondevice` command line. Subcommands import their heavy dependencies lazily so `--help` is instant.
 
-Exit codes: 0 success; 1 a verification or gate failed; 2 a usage or input error (bad recipe, missing data, missing
-backend package).
+Exit codes (ondevice.exits): 0 success; 1 a verification, gate or benchmarked item failed; 2 a usage or input error
+(bad recipe, missing data, refused output folder, changed checkpoint, missing backend package); 3 an internal error
+(one-line summary + the path of a log with the full traceback); 130/143 interrupted by SIGINT/SIGTERM.
 """
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from .exits import EPILOG as EXIT_EPILOG
+from .errors import first_line
+from .exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE, UsageError, guarded
 
 EPILOG = """\
 examples:
@@ -19,7 +22,12 @@ examples:
   ondevice bench runs/mnist/artifacts --data mnist     latency / memory / accuracy / energy report
   ondevice run examples/mnist.toml                     distill -> export -> verify -> bench -> report -> gates
   ondevice gate runs/mnist/pipeline.json --baseline benchmarks/results/mnist_pipeline.json
-"""
+
+output folders: ondevice writes a marker (.ondevice-owner.json, with the files it wrote) into each output folder it
+creates; it refuses a non-empty folder without one (--force adopts it), system folders, and relative paths that leave
+the working directory unless given on the command line. --fresh deletes only files ondevice wrote.
+
+""" + EXIT_EPILOG + "\n"
 
 
 def quiet_backends() -> None:
@@ -41,33 +49,55 @@ def _overrides(p: argparse.ArgumentParser) -> None:
                    help="override a recipe value, e.g. --set train.epochs=1 --set output_dir=runs/x (repeatable)")
 
 
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, 110)
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty output folder ondevice does not own (it overwrites only the files it "
+                        "writes and never deletes one it did not write)")
+
+
+def output_dir_given(overrides: list[str]) -> bool:
+    """True when --set output_dir=... names the output folder on the command line."""
+    return any(o.split("=", 1)[0].strip() == "output_dir" for o in overrides or [])
+
+
 # --- distill -------------------------------------------------------------------------------------------------------
 def _add_distill(sub) -> None:
     p = sub.add_parser("distill", help="train a student from a teacher by knowledge distillation",
-                       description="Train the recipe's student from its teacher (plus a hard-label baseline with the "
+                       description=_wrap("Train the recipe's student from its teacher (plus a hard-label baseline with the "
                                    "same init and schedule). Writes student.pt, baseline.pt, results.json, metrics.jsonl "
                                    "and recipe.resolved.{json,toml} into the recipe's output_dir. Resumes from the last "
                                    "checkpoint in output_dir/checkpoints unless --fresh. Launch with `torchrun "
-                                   "--nproc-per-node N -m ondevice.cli distill RECIPE` for data-parallel training.")
+                                   "--nproc-per-node N -m ondevice.cli distill RECIPE` for data-parallel training. "
+                                   "student.pt, baseline.pt and teacher.pt get a <file>.sha256 record, checked when "
+                                   "they are loaded."), epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="recipe file (.toml, .yaml or .yml)")
     _overrides(p)
-    p.add_argument("--fresh", action="store_true", help="delete existing checkpoints and start over")
+    p.add_argument("--fresh", action="store_true", help="delete the checkpoints ondevice wrote and start over")
     p.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints (they are overwritten)")
     p.add_argument("--seeds", help="comma-separated student seeds, e.g. 0,1,2: the distilled and the hard-label "
                                    "student are trained once per seed from paired inits; results give the mean, the "
                                    "spread and a paired bootstrap 95%% CI of the gain (same as seeds = [...])")
+    add_force(p)
     p.set_defaults(func=_cmd_distill)
 
 
 def _cmd_distill(a) -> int:
-    from .config import load_recipe
+    from .config import check_references, load_recipe
     from .distill import distill
 
     overrides = list(a.overrides)
     if a.seeds:
         overrides.append(f"seeds=[{a.seeds}]")
     recipe = load_recipe(a.recipe, overrides)
-    res = distill(recipe, resume=not a.no_resume, fresh=a.fresh)
+    check_references(recipe, a.recipe, resume=not (a.fresh or a.no_resume))
+    res = distill(recipe, resume=not a.no_resume, fresh=a.fresh, force=a.force,
+                  explicit_output=output_dir_given(a.overrides))
     r = res.results
     if int(os.environ.get("RANK", "0")) == 0:
         _print_distill_summary(r, res.output_dir)
@@ -126,10 +156,14 @@ def _print_distill_summary(r: dict, out: Path) -> None:
 # --- export --------------------------------------------------------------------------------------------------------
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="quantize, convert and verify a model for on-device targets",
-                       description="Quantize and convert a model for each target x precision, run every artifact in its "
+                       description=_wrap("Quantize and convert a model for each target x precision, run every artifact in its "
                                    "real runtime (Core ML on Linux: the NumPy reference evaluator) on held-out real "
                                    "samples and compare with PyTorch (SQNR, max/mean error, top-1 agreement, accuracy). "
-                                   "SOURCE is an `ondevice distill` output folder, or use --model/--weights.")
+                                   "SOURCE is an `ondevice distill` output folder, or use --model/--weights. From "
+                                   "SOURCE, the model is refused unless its file has its recorded sha256 and it "
+                                   "reproduces the test accuracy recorded in results.json; each artifact must also "
+                                   "reach that accuracy on the labelled samples (within its precision's budget)."),
+                       epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?", help="output folder of `ondevice distill` (uses its student.pt and recipe)")
     p.add_argument("--model", help="model registry name or package.module:factory (instead of SOURCE)")
     p.add_argument("--weights", help="state-dict file for --model")
@@ -144,6 +178,7 @@ def _add_export(sub) -> None:
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="target option, e.g. -o nhwc=true (tflite) or -o deployment_target=iOS18 (coreml)")
     p.add_argument("--out", help="output folder (default: SOURCE/artifacts or ./artifacts)")
+    add_force(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -156,17 +191,12 @@ def parse_value(raw: str):
         return raw
 
 
-def _cmd_export(a) -> int:
-    from .data import load_data, load_dataset
-    from .export import export_many
-    from .target import get_spec, target_names
-
-    if not a.source and not a.model:
-        raise UsageError("give SOURCE (an `ondevice distill` output folder) or --model NAME [--weights FILE]")
-    dataset, seed, name, data_spec = a.data, 0, "model", None
+def _export_source(a) -> tuple:
+    """(model, dataset, seed, stem, out folder, provenance kwargs for export) from SOURCE or --model."""
     if a.source:
         from .distill import load_student
-        from .io import read_json
+        from .io import read_json, sha256_file
+        from .provenance import check_student
 
         src = Path(a.source)
         if not (src / "recipe.resolved.json").exists():
@@ -174,24 +204,26 @@ def _cmd_export(a) -> int:
         from .config import recipe_from_dict
 
         recipe = recipe_from_dict(read_json(src / "recipe.resolved.json"), str(src / "recipe.resolved.json"))
-        model = load_student(src, a.which)
-        data_spec = None if dataset else recipe.data  # the run's own data: root, kwargs, splits and limits
-        dataset = dataset or recipe.data.dataset
-        seed, name = recipe.seed, a.which
-        out = Path(a.out or src / "artifacts")
-    else:
-        from .models import build_model
+        model = load_student(src, a.which)  # a changed <which>.pt (recorded sha256) is refused here
+        recorded = check_student(src, a.which, model)  # ... and one that no longer reproduces results.json here
+        weights = src / f"{a.which}.pt"
+        prov = {"student_sha256": sha256_file(weights) if weights.exists() else None,
+                "recorded_accuracy": recorded.get("test_acc")}
+        data = a.data or recipe.data  # the run's own data: root, kwargs, splits and limits
+        return model, data, recipe.seed, a.which, Path(a.out or src / "artifacts"), prov
+    from .io import sha256_file
+    from .models import build_model
 
-        if not dataset:
-            raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
-        model = build_model(a.model, weights=a.weights).eval()
-        name = a.model.replace(":", "_").replace(".", "_")
-        out = Path(a.out or "artifacts")
-    if not dataset:
+    if not a.data:
         raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
-    splits = load_data(data_spec, seed) if data_spec is not None else load_dataset(dataset, seed=seed)
-    calib = splits.train.x[: a.calibration_samples].numpy()
-    verify = (splits.test.x[: a.verify_samples].numpy(), splits.test.y[: a.verify_samples].numpy())
+    model = build_model(a.model, weights=a.weights).eval()
+    prov = {"student_sha256": sha256_file(a.weights) if a.weights else None}
+    return model, a.data, 0, a.model.replace(":", "_").replace(".", "_"), Path(a.out or "artifacts"), prov
+
+
+def _export_jobs(a) -> list[tuple[str, list[str], dict]]:
+    from .target import get_spec, target_names
+
     targets = a.target or [t for t in target_names() if not get_spec(t).missing_packages()]
     options = dict(kv.split("=", 1) for kv in a.option)
     jobs = []
@@ -210,10 +242,25 @@ def _cmd_export(a) -> int:
         raise UsageError(f"no target among {', '.join(targets)} takes option(s) {sorted(unknown_opts)}")
     if not jobs:
         raise UsageError(f"none of {', '.join(targets)} can produce {', '.join(a.precision)}")
-    arts = export_many(model, jobs, out_dir=out, calibration=calib, verify_data=verify, stem=name,
-                       on_result=lambda art: print(_artifact_line(art), flush=True))
-    from .io import atomic_write_json
+    return jobs
 
+
+def _cmd_export(a) -> int:
+    from .data import load_data, load_dataset
+    from .export import export_many
+    from .io import atomic_write_json
+    from .outdir import claim
+
+    if not a.source and not a.model:
+        raise UsageError("give SOURCE (an `ondevice distill` output folder) or --model NAME [--weights FILE]")
+    jobs = _export_jobs(a)
+    model, dataset, seed, name, out, prov = _export_source(a)
+    claim(out, force=a.force, explicit=True, purpose="export")
+    splits = load_dataset(dataset, seed=seed) if isinstance(dataset, str) else load_data(dataset, seed)
+    calib = splits.train.x[: a.calibration_samples].numpy()
+    verify = (splits.test.x[: a.verify_samples].numpy(), splits.test.y[: a.verify_samples].numpy())
+    arts = export_many(model, jobs, out_dir=out, calibration=calib, verify_data=verify, stem=name,
+                       on_result=lambda art: print(_artifact_line(art), flush=True), overwrite=a.force, **prov)
     atomic_write_json(out / "exports.json", [x.to_dict() for x in arts])
     _print_export_table(arts, out)
     return EXIT_OK if all(x.ok for x in arts) else EXIT_FAIL
@@ -224,7 +271,7 @@ def _artifact_line(art) -> str:
     if art.status == "verified":
         return (f"  ok      {art.target:12s} {art.precision:17s} {art.size_bytes:>10,d} B  SQNR {v.get('sqnr_db', 0):6.1f} dB"
                 f"  agree {v.get('top1_agreement', 0):.4f}")
-    return f"  {art.status.upper():7s} {art.target:12s} {art.precision:17s} {(art.error or '').splitlines()[0][:160]}"
+    return f"  {art.status.upper():7s} {art.target:12s} {art.precision:17s} {first_line(art.error, 160)}"
 
 
 def _print_export_table(arts, out: Path) -> None:
@@ -284,10 +331,6 @@ def _cmd_targets(a) -> int:
     return EXIT_OK
 
 
-class UsageError(Exception):
-    """Bad command-line usage (exit 2)."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ondevice", description="Distil, quantize, convert and measure models for phones "
                                 "and edge devices (Core ML, ExecuTorch, TFLite/LiteRT, ONNX Runtime).",
@@ -316,17 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(a, "command", None):
         parser.print_help()
         return EXIT_USAGE
-    from .errors import ConversionError, OndeviceError, TrainingDivergedError, VerificationError
-    from .registry import UnknownNameError
-
-    try:
-        return a.func(a)
-    except (TrainingDivergedError, VerificationError, ConversionError) as e:
-        print(f"ondevice {a.command}: error: {e}", file=sys.stderr)
-        return EXIT_FAIL
-    except (OndeviceError, UnknownNameError, UsageError, ImportError, FileNotFoundError) as e:
-        print(f"ondevice {a.command}: error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+    return guarded(a.command, a.func, a)
 
 
 if __name__ == "__main__":

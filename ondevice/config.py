@@ -1,6 +1,7 @@
 """Recipe schema: one validated config object shared by recipe files (TOML/YAML) and the Python API.
 
-Every section rejects unknown keys, and every error names the key path, what was expected and what was given:
+Every section rejects unknown keys, types are strict (no bool for a number, no float for an integer, no string for
+a number), ranges are checked, and every error names the key path, what was expected and what was given:
 
     recipe.toml: train.epochs: expected an integer, got 'five'
     recipe.toml: data.datset: unknown key; valid keys here: augment, dataset, limit_test, ...
@@ -13,6 +14,8 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from typing import Annotated
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
@@ -21,7 +24,10 @@ SCHEMA_VERSION = 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), strict=True)
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class TrainSpec(_Strict):
@@ -110,7 +116,7 @@ class TaskSpec(BaseModel):
 class LossSpec(BaseModel):
     """`{name = "kd", weight = 0.9, temperature = 4}`: the loss's own parameters are checked by ondevice.losses."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
     name: str = Field(min_length=1)
     weight: float = Field(1.0, ge=0)
 
@@ -133,7 +139,7 @@ class DistillSpec(_Strict):
 
 
 class ExportTargetSpec(_Strict):
-    target: str
+    target: str = Field(min_length=1)
     precisions: list[str] = Field(default_factory=lambda: ["fp32"], min_length=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -145,11 +151,26 @@ class ExportSpec(_Strict):
     thresholds: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="per precision overrides, e.g. {int8_static = {min_sqnr_db = 18}}")
 
+    @field_validator("thresholds")
+    @classmethod
+    def _threshold_names(cls, v: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        from .precision import PRECISIONS, Thresholds
+
+        known = list(Thresholds.__dataclass_fields__)
+        for prec, th in v.items():
+            if prec not in PRECISIONS:
+                raise ValueError(f"unknown precision {prec!r}; valid precisions: {', '.join(PRECISIONS)}")
+            bad = sorted(set(th) - set(known))
+            if bad:
+                raise ValueError(f"{prec}: unknown threshold(s) {bad}; valid thresholds: {', '.join(known)}")
+        return v
+
 
 class BenchSpec(_Strict):
     enabled: bool = True
     mode: Literal["quick", "full"] = "quick"
-    threads: list[int] = Field(default_factory=lambda: [1])
+    threads: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1,
+                                       description="thread counts, each >= 1")
     batch_size: int = Field(1, ge=1)
     profiles: list[str] = Field(default_factory=lambda: ["midrange_phone_cpu"])
     accuracy_samples: int | None = Field(None, ge=1, description="test samples for accuracy retention (default all)")
@@ -175,6 +196,18 @@ class GatesSpec(_Strict):
                           "over seeds (the distill results embedded in ondevice run's pipeline.json)")
     distillation_gain_confidence: bool = Field(
         True, description="min_distillation_gain also needs the lower end of the gain's 95% CI above the threshold")
+    allow_missing: list[str] = Field(
+        default_factory=list, description="'target/precision' artifacts the recipe asks for that may be missing or "
+                                          "failed, e.g. ['coreml/int4_weight_only']")
+
+    @field_validator("allow_missing")
+    @classmethod
+    def _target_slash_precision(cls, v: list[str]) -> list[str]:
+        for item in v:
+            target, _, precision = item.partition("/")
+            if not target or not precision or "/" in precision:
+                raise ValueError(f"expected 'target/precision' entries like 'coreml/int4_weight_only', got {item!r}")
+        return v
 
 
 _LATER_SECTIONS = frozenset({"task", "seeds"})
@@ -183,10 +216,10 @@ _LATER_SECTIONS = frozenset({"task", "seeds"})
 class Recipe(_Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     seeds: list[int] | None = Field(None, min_length=1, description="train the distilled and the hard-label student "
                                     "once per seed (paired inits); results report mean, spread and a paired CI")
-    output_dir: str = "runs/run"
+    output_dir: str = Field("runs/run", min_length=1)
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's choice)")
     teacher: ModelSpec
     student: ModelSpec
@@ -418,27 +451,26 @@ def dump_toml(d: dict[str, Any]) -> str:
     return "\n".join(lines).lstrip() + "\n"
 
 
-def check_references(recipe: Recipe, source: str = "recipe") -> None:
-    """Resolve every name the recipe uses (models, dataset, losses, targets, precisions, device profiles) before any
-    work starts, so a typo fails in a second with the key path and the valid names, not after an hour of training."""
-    from .registry import UnknownNameError
-
+def check_references(recipe: Recipe, source: str = "recipe", *, resume: bool = True) -> None:
+    """Resolve every name and file the recipe uses before any work starts, so a typo fails in a second with the key
+    path and the valid names, not after an hour of training: models (registry names, and `package.module:factory`
+    imported), weight files (read with weights_only=True into the model, and checked against a recorded sha256),
+    dataset, losses, targets, precisions, device profiles, gates.allow_missing, and (when `resume`) the checkpoints
+    a run would resume from."""
     problems: list[tuple[str, str]] = []
 
     def check(path: str, fn) -> None:
+        from .errors import OndeviceError
+        from .registry import UnknownNameError
+
         try:
             fn()
-        except (UnknownNameError, ConfigError, ValueError, KeyError) as e:
-            msg = str(e).replace("invalid recipe:\n  ", "")
-            problems.append((path, msg))
+        except (UnknownNameError, OndeviceError, ValueError, KeyError) as e:
+            problems.append((path, str(e).replace("invalid recipe:\n  ", "")))
 
-    from . import models
-
-    for role in ("teacher", "student"):
-        ref = getattr(recipe, role).model
-        if ":" not in ref:
-            check(f"{role}.model", lambda ref=ref: models.MODELS.get(ref))
+    _check_models(recipe, check)
     from . import data
+    from .losses import build_loss
 
     check("data.dataset", lambda: data.resolve_loader(recipe.data.dataset))
 
@@ -451,7 +483,6 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
         if recipe.distill.baseline and not task.has_labels:
             problems.append(("distill.baseline", f"task {task.name!r} has no labels to train a hard-label baseline "
                                                  "on; set distill.baseline = false"))
-    from .losses import build_loss
 
     def losses() -> None:
         try:
@@ -460,6 +491,53 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
             raise ConfigError(str(e).replace("losses[", "distill.losses[")) from None
 
     check("distill.losses", losses)
+    _check_targets(recipe, problems)
+    from .bench.profiles import load_profile
+
+    names = list(recipe.bench.profiles) + ([recipe.gates.profile] if recipe.gates.profile else [])
+    for i, name in enumerate(names):
+        path = f"bench.profiles[{i}]" if i < len(recipe.bench.profiles) else "gates.profile"
+        check(path, lambda name=name: load_profile(name))
+    if resume:
+        _check_checkpoints(recipe, check)
+    if problems:
+        lines = [f"{source}: {m}" if m.startswith(p) or m.startswith(f"{source}: {p}") else f"{source}: {p}: {m}"
+                 for p, m in problems]
+        raise ConfigError("invalid recipe:\n  " + "\n  ".join(lines), problems)
+
+
+def _check_models(recipe: Recipe, check) -> None:
+    from . import models
+    from .provenance import verify_hash
+
+    for role in ("teacher", "student"):
+        spec: ModelSpec = getattr(recipe, role)
+        ref = spec.model
+        if ref == "from_teacher":  # the student is cut from the teacher (ondevice.shrink), nothing to import
+            if role == "teacher":
+                check("teacher.model", lambda: (_ for _ in ()).throw(ConfigError(
+                    "'from_teacher' makes a student from the teacher; give the teacher a model")))
+            continue
+        check(f"{role}.model", lambda ref=ref: models._resolve_factory(ref))
+        if spec.weights is None:
+            continue
+
+        def weights(spec=spec) -> None:  # readable, of the right architecture, and unchanged if a hash is recorded
+            from .errors import CheckpointError
+
+            if not Path(spec.weights).is_file():
+                raise CheckpointError(f"weights file {spec.weights} does not exist")
+            verify_hash(spec.weights, fix="Restore the original file.")
+            try:
+                models._resolve_factory(spec.model)
+            except Exception:  # noqa: BLE001 - reported under {role}.model
+                return
+            models.build_model(spec.model, weights=spec.weights, **spec.kwargs)
+
+        check(f"{role}.weights", weights)
+
+
+def _check_targets(recipe: Recipe, problems: list[tuple[str, str]]) -> None:
     from .target import get_spec
 
     for i, t in enumerate(recipe.export.targets):
@@ -476,13 +554,26 @@ def check_references(recipe: Recipe, source: str = "recipe") -> None:
             if k not in spec.options:
                 problems.append((f"export.targets[{i}].options.{k}",
                                  f"unknown option for {t.target!r}; its options: {', '.join(spec.options) or '(none)'}"))
-    from .bench.profiles import load_profile
+    for i, item in enumerate(recipe.gates.allow_missing):
+        target, _, precision = item.partition("/")
+        try:
+            spec = get_spec(target)
+        except KeyError as e:
+            problems.append((f"gates.allow_missing[{i}]", str(e)))
+            continue
+        if precision not in spec.precisions:
+            problems.append((f"gates.allow_missing[{i}]", f"target {target!r} cannot produce {precision!r}; it can "
+                                                         f"do: {', '.join(spec.precisions)}"))
 
-    names = list(recipe.bench.profiles) + ([recipe.gates.profile] if recipe.gates.profile else [])
-    for i, name in enumerate(names):
-        path = f"bench.profiles[{i}]" if i < len(recipe.bench.profiles) else "gates.profile"
-        check(path, lambda name=name: load_profile(name))
-    if problems:
-        lines = [f"{source}: {m}" if m.startswith(p) or m.startswith(f"{source}: {p}") else f"{source}: {p}: {m}"
-                 for p, m in problems]
-        raise ConfigError("invalid recipe:\n  " + "\n  ".join(lines), problems)
+
+def _check_checkpoints(recipe: Recipe, check) -> None:
+    """The per-phase checkpoints a run would resume from must be readable ondevice checkpoints."""
+    from .outdir import MARKER
+
+    folder = Path(recipe.output_dir) / "checkpoints"
+    if not folder.is_dir() or not (folder.parent / MARKER).exists():  # a folder ondevice does not own is refused
+        return                                                           # when it is claimed
+    from .train import load_checkpoint
+
+    for ck in sorted(folder.glob("*.pt")):
+        check(f"output_dir (checkpoint {ck.name})", lambda ck=ck: load_checkpoint(ck))

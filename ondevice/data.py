@@ -30,6 +30,7 @@ import os
 import pickle
 import random
 import struct
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -471,18 +472,27 @@ def parse_idx(data: bytes, *, name: str = "<bytes>", expect_ndim: int | None = N
     return arr.astype(dtype.newbyteorder("="), copy=True)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """File bytes, gunzipped when the name ends in .gz."""
-    if path.suffix == ".gz":
+def _read_bytes(path: Path, fetch_name: str | None = None) -> bytes:
+    """File bytes, gunzipped when the name ends in .gz; a damaged .gz raises IDXFormatError naming the file and the
+    command that replaces it."""
+    if path.suffix != ".gz":
+        return path.read_bytes()
+    try:
         with gzip.open(path, "rb") as f:
             return f.read()
-    return path.read_bytes()
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+        if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError)):
+            raise
+        fix = (f"replace it with an intact copy; {_fetch.how_to_get(fetch_name)}" if fetch_name
+               else "replace it with an intact copy of the file (the built-in datasets: ondevice fetch mnist, "
+                    "fashion-mnist)")
+        raise IDXFormatError(f"{path}: the gzip data is corrupt or truncated ({type(e).__name__}: {e}); {fix}") from None
 
 
-def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike, *, expect_ndim: int | None = None, fetch_name: str | None = None) -> np.ndarray:
     """Read an IDX file (raw or .gz) into a NumPy array."""
     path = Path(path)
-    return parse_idx(_read_bytes(path), name=str(path), expect_ndim=expect_ndim)
+    return parse_idx(_read_bytes(path, fetch_name), name=str(path), expect_ndim=expect_ndim)
 
 
 _IDX_STEMS = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -498,7 +508,7 @@ def _read_idx_folder(folder: Path, pinned: dict[str, str] | None, fetch_name: st
         if path is None:
             hint = _fetch.how_to_get(fetch_name) if fetch_name else "copy the IDX files into that folder"
             raise DataNotFoundError(f"{stem}[.gz] not found in {folder}; {hint}")
-        data = _read_bytes(path)
+        data = _read_bytes(path, fetch_name)
         if pinned is not None:
             digest = hashlib.sha256(data).hexdigest()
             _fetch.verify_file(path, pinned[stem], fetch_name or stem, actual=digest, decompressed=True)

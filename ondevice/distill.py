@@ -26,7 +26,9 @@ import torch
 
 from .config import Recipe, dump_toml
 from .io import atomic_write_json, atomic_write_text, machine_record, read_json
+from .outdir import claim_recipe_dir
 from .progress import status
+from .provenance import record_hash, verify_hash
 from .train import (DistInfo, PhaseResult, PhaseSetup, TeacherOutputs, autocast_factory, evaluate, feature_shapes,
                     init_distributed, resolve_device, train_phase, write_metrics)
 
@@ -48,6 +50,7 @@ def _save_state(path: Path, model: torch.nn.Module) -> None:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
     atomic_write_bytes(path, buf.getvalue())
+    record_hash(path, buf.getvalue())  # <file>.sha256, checked by load_student
 
 
 # ------------------------------------------------------------------------------------------------ models
@@ -81,12 +84,15 @@ def load_student(output_dir: str | Path, which: str = "student") -> torch.nn.Mod
     out = Path(output_dir)
     recipe = recipe_from_dict(read_json(out / "recipe.resolved.json"), str(out / "recipe.resolved.json"))
     weights = out / f"{which}.pt"
+    if which == "teacher" and not weights.exists():
+        return _build(recipe.teacher).eval()
+    verify_hash(weights, fix=f"Re-run `ondevice distill` on this recipe (it rebuilds {weights.name} from its "
+                             f"checkpoints), or with --fresh to train again.")
     if which == "teacher":
-        if not weights.exists():
-            return _build(recipe.teacher).eval()
         return load_weights(_build(recipe.teacher, skip_pretrained=True), weights, what="teacher").eval()
     teacher = _build(recipe.teacher) if recipe.student.model == "from_teacher" else None
     if teacher is not None and (out / "teacher.pt").exists():
+        verify_hash(out / "teacher.pt", fix="Re-run `ondevice distill` on this recipe, or with --fresh to train again.")
         load_weights(teacher, out / "teacher.pt", what="teacher")
     spec = recipe.student.model_copy(update={"weights": None})
     model = _build(spec, teacher=teacher, skip_pretrained=True)
@@ -138,7 +144,7 @@ class Run:
                         autocast=autocast_factory(self.device, t.precision))
 
 
-def _prepare(recipe: Recipe, resume: bool, fresh: bool) -> Run:
+def _prepare(recipe: Recipe, resume: bool, fresh: bool, force: bool = False, explicit_output: bool = False) -> Run:
     device = resolve_device(recipe.train.device)  # a missing CUDA device fails here, before anything is written
     di = init_distributed(device)
     if di.enabled and device.type == "cuda":
@@ -146,11 +152,8 @@ def _prepare(recipe: Recipe, resume: bool, fresh: bool) -> Run:
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     out = Path(recipe.output_dir)
-    ckpt_dir = out / "checkpoints"
-    if fresh and di.is_main and ckpt_dir.exists():
-        import shutil
-
-        shutil.rmtree(ckpt_dir)
+    if di.is_main:  # owned output folder (ondevice.outdir); --fresh deletes only the checkpoints ondevice wrote
+        claim_recipe_dir(recipe, force=force, fresh=fresh, explicit=explicit_output, purpose="distill")
     if di.enabled:
         torch.distributed.barrier()
     out.mkdir(parents=True, exist_ok=True)
@@ -413,11 +416,16 @@ def _write(run: Run, results: dict, seeds: list[SeedRun], teacher_phase) -> None
 
 
 # ------------------------------------------------------------------------------------------------ the verb
-def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False) -> DistillResult:
-    """Run distillation as the recipe says; see the module docstring for the steps and what is written."""
+def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False, force: bool = False,
+            explicit_output: bool = False) -> DistillResult:
+    """Run distillation as the recipe says; see the module docstring for the steps and what is written.
+
+    The output folder is claimed first (ondevice.outdir): `force` adopts a non-empty folder ondevice does not own,
+    `explicit_output` (the folder was given on the command line) lets it lie outside the working directory, and
+    `fresh` deletes the checkpoints ondevice wrote there."""
     from .spec import infer_spec
 
-    run = _prepare(recipe, resume, fresh)
+    run = _prepare(recipe, resume, fresh, force, explicit_output)
     _load_data(run)
     teacher = _build_teacher(run)
     _preflight(run, teacher)

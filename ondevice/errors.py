@@ -48,3 +48,21 @@ class VerificationError(OndeviceError):
 
 class UnsupportedOpError(OndeviceError, NotImplementedError):
     """An op cannot be evaluated or converted; the message names the op and where it came from."""
+
+
+class OutputDirError(OndeviceError):
+    """An output folder ondevice may not write into: not its own (and not empty), a system location, or a path
+    that leaves the working directory; the message names the files found and the flag that overrides it."""
+
+
+class SidecarError(OndeviceError):
+    """An artifact's `<artifact>.json` record is unreadable, of an unknown schema, or has a field of the wrong type."""
+
+
+class ArtifactChangedError(OndeviceError):
+    """An artifact or checkpoint no longer has the sha256 recorded when ondevice wrote (and verified) it."""
+
+
+def first_line(text: object, width: int = 300) -> str:
+    """The first line of a message, at most `width` characters ('' for None or an empty message)."""
+    return (str(text or "").splitlines() or [""])[0][:width]

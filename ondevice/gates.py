@@ -1,9 +1,15 @@
 """CI gates: thresholds on a report that fail a build, with JUnit XML and a Markdown summary.
 
-    ondevice gate REPORT [--gates FILE] [--baseline FILE] [--junit FILE] [--summary FILE]
+    ondevice gate REPORT [--gates FILE] [--recipe FILE] [--baseline FILE] [--junit FILE] [--summary FILE]
 
-exit 0 when every gate passes, 1 when a gate fails, 2 on a usage or input error. Each failure names the metric, the
-artifact, the threshold and the value, and says whether the value was measured or estimated.
+exit 0 when every gate passes, 1 when a gate fails, 2 on a usage or input error, 3 on an internal error. Each
+failure names the metric, the artifact, the threshold and the value, and says whether the value was measured or
+estimated.
+
+Gates on what was asked, not only on what is there: a report without artifacts fails; every (target, precision) the
+recipe asks for (the recipe embedded in pipeline.json, or --recipe) must be present and verified unless listed in
+gates.allow_missing (e.g. ["coreml/int4_weight_only"]); a benchmarked item that failed fails with its reason; and an
+artifact whose file no longer has the sha256 recorded at verification fails ("file changed since verification").
 
 REPORT is the `pipeline.json` written by `ondevice run` (or a `report.json` written by `ondevice bench`). Thresholds
 come from `--gates` (a TOML/YAML file with the keys of a recipe's [gates] section, at top level or under [gates]) or
@@ -17,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .io import atomic_write_text, read_json
 
 if TYPE_CHECKING:  # pydantic loads on first use, not when the CLI builds its parser
@@ -42,8 +48,15 @@ class GateResult:
 # --- rows: one flat record per artifact ------------------------------------------------------------------------
 def artifact_rows(report: dict) -> tuple[list[dict], dict]:
     """(rows, context) from a pipeline report (key "artifacts") or a bench report (key "items")."""
+    if not isinstance(report, dict):
+        raise ConfigError(f"a report is a JSON object, got {type(report).__name__}; pass the pipeline.json written by "
+                          f"`ondevice run` or the report.json written by `ondevice bench`")
+    key = "artifacts" if "artifacts" in report else "items"
+    if key in report and (not isinstance(report[key], list) or not all(isinstance(r, dict) for r in report[key])):
+        raise ConfigError(f"the report's {key!r} is not a list of objects; the file is damaged or not an ondevice "
+                          f"report")
     if "artifacts" in report:
-        return report["artifacts"], report.get("context", {})
+        return report["artifacts"], report.get("context") if isinstance(report.get("context"), dict) else {}
     if "items" in report:
         from .summary import rows_from_bench_report
 
@@ -57,7 +70,17 @@ def _name(row: dict) -> str:
 
 
 # --- checks ------------------------------------------------------------------------------------------------------
-def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) -> list[GateResult]:
+def asked_artifacts(recipe: dict | None) -> list[str] | None:
+    """'target/precision' for every export the recipe (a resolved recipe dict) asks for; None without a recipe."""
+    if not isinstance(recipe, dict) or not isinstance(recipe.get("export"), dict):
+        return None
+    return [f"{t.get('target')}/{p}" for t in recipe["export"].get("targets") or [] for p in t.get("precisions") or []]
+
+
+def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None,
+                asked: list[str] | None = None) -> list[GateResult]:
+    """Every gate on the report's rows. `asked`: the 'target/precision' list the recipe asked for (default: from
+    the recipe embedded in the report, when there is one)."""
     rows, ctx = artifact_rows(report)
     machine = ctx.get("measured_on") or "measured on this host"
     if not machine.startswith("measured"):
@@ -67,53 +90,11 @@ def check_gates(report: dict, gates: GatesSpec, baseline: dict | None = None) ->
     def add(gate, row, metric, threshold, value, ok, label, why=""):
         out.append(_result(gate, _name(row) if row is not None else "*", metric, threshold, value, ok, label, why))
 
+    _coverage_gates(rows, gates, asked if asked is not None else asked_artifacts(report.get("recipe")), add)
     for row in rows:
-        ok_status = row.get("status") == "verified"
-        if gates.require_all_targets:
-            add("require_all_targets", row, "status", "verified", row.get("status"), ok_status, "recorded",
-                (row.get("error") or "").splitlines()[0][:300] if not ok_status else "")
-        if not ok_status:
+        if not _trust_gates(row, gates, add):
             continue
-        if gates.max_size_bytes is not None:
-            add("max_size_bytes", row, "size_bytes", gates.max_size_bytes, row.get("size_bytes"),
-                row.get("size_bytes") is not None and row["size_bytes"] <= gates.max_size_bytes, "measured (file size)")
-        if gates.min_accuracy is not None:
-            v = row.get("accuracy")
-            add("min_accuracy", row, "accuracy", gates.min_accuracy, v, v is not None and v >= gates.min_accuracy,
-                f"measured on {row.get('accuracy_n', '?')} test samples")
-        if gates.min_retention is not None:
-            v = row.get("retention")
-            add("min_retention", row, "retention", gates.min_retention, v, v is not None and v >= gates.min_retention,
-                "measured (accuracy / teacher accuracy)")
-        if gates.min_sqnr_db is not None:
-            v = row.get("sqnr_db")
-            add("min_sqnr_db", row, "sqnr_db", gates.min_sqnr_db, v, v is not None and float(v) >= gates.min_sqnr_db,
-                "measured vs the PyTorch student")
-        if gates.max_p90_ms is not None:
-            v = row.get("p90_ms")
-            if v is None:
-                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, None, True, "not measurable here",
-                    row.get("latency_note", ""))
-            else:
-                add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, v, v <= gates.max_p90_ms, machine)
-        est = (row.get("estimates") or {}).get(gates.profile or "", None)
-        needs_profile = (gates.max_estimated_p90_ms, gates.max_energy_mj, gates.power_budget or None)
-        if any(x is not None for x in needs_profile):
-            if est is None:
-                add("profile", row, "estimates", gates.profile, None, False, "estimated",
-                    f"no estimate for profile {gates.profile!r} in the report; add it to bench.profiles")
-                continue
-            lab = f"estimated (profile {gates.profile})"
-            if gates.max_estimated_p90_ms is not None:
-                add("max_estimated_p90_ms", row, "estimated_latency_ms", gates.max_estimated_p90_ms,
-                    est.get("latency_ms"), est.get("latency_ms") is not None
-                    and est["latency_ms"] <= gates.max_estimated_p90_ms, lab)
-            if gates.max_energy_mj is not None:
-                add("max_energy_mj", row, "estimated_energy_mj", gates.max_energy_mj, est.get("energy_mj"),
-                    est.get("energy_mj") is not None and est["energy_mj"] <= gates.max_energy_mj, lab)
-            if gates.power_budget:
-                add("power_budget", row, "fits_profile_budgets", True, est.get("passes"), bool(est.get("passes")), lab,
-                    est.get("why", ""))
+        _threshold_gates(row, gates, machine, add)
     out += check_distillation(report, gates)
     if baseline is not None:
         out += check_regression(rows, artifact_rows(baseline)[0], gates.regression_tolerance)
@@ -164,6 +145,102 @@ def check_distillation(report: dict, gates: GatesSpec) -> list[GateResult]:
 
 def _fmt_ci(ci: list) -> str:
     return f"[{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
+
+
+def _coverage_gates(rows: list[dict], gates: GatesSpec, asked: list[str] | None, add) -> None:
+    """An empty report fails; every asked-for artifact must be in it (or allowed to be missing)."""
+    if not rows:
+        add("artifacts", None, "artifacts", ">= 1", 0, False, "recorded",
+            "the report holds no artifacts: nothing was exported and verified, so there is nothing to pass")
+    present = {_name(r) for r in rows}
+    for name in asked or []:
+        if name in present:
+            continue
+        allowed = name in gates.allow_missing
+        add("expected_artifacts", {"target": name.split("/")[0], "precision": name.split("/", 1)[1]}, "present",
+            "present", "missing", allowed, "allowed by gates.allow_missing" if allowed else "recorded",
+            "the recipe asks for it and the report does not have it; add it to gates.allow_missing to accept that")
+
+
+def _trust_gates(row: dict, gates: GatesSpec, add) -> bool:
+    """Status, file hash and bench outcome of one row; True when its numbers may be gated."""
+    name = _name(row)
+    ok_status = row.get("status") == "verified"
+    allowed = name in gates.allow_missing
+    if gates.require_all_targets or allowed:
+        add("require_all_targets", row, "status", "verified", row.get("status"), ok_status or allowed,
+            "allowed by gates.allow_missing" if allowed and not ok_status else "recorded",
+            first_line(row.get("error") or f"its status is {row.get('status')!r}") if not ok_status else "")
+    if not ok_status:
+        return False
+    if row.get("sha256") and row.get("path"):
+        now = _rehash(row["path"])
+        add("artifact_hash", row, "sha256", row["sha256"][:12], (now or "missing")[:12], now == row["sha256"],
+            "re-hashed now", "" if now == row["sha256"] else
+            ("unverified: file changed since verification" if now else f"the artifact {row['path']} is gone"))
+    if row.get("bench_status") in ("failed", "partial"):
+        errors = row.get("bench_errors") or ["(no message recorded)"]
+        add("bench", row, "bench_status", "ok", row["bench_status"], False, "recorded by ondevice bench",
+            f"the benchmark of this artifact failed: {first_line(errors[0])}")
+        return False
+    return True
+
+
+def _rehash(path: str) -> str | None:
+    from .sidecar import digest
+
+    try:
+        return digest(path)[0]
+    except OSError:
+        return None
+
+
+def _threshold_gates(row: dict, gates: GatesSpec, machine: str, add) -> None:
+    if gates.max_size_bytes is not None:
+        add("max_size_bytes", row, "size_bytes", gates.max_size_bytes, row.get("size_bytes"),
+            row.get("size_bytes") is not None and row["size_bytes"] <= gates.max_size_bytes, "measured (file size)")
+    if gates.min_accuracy is not None:
+        v = row.get("accuracy")
+        add("min_accuracy", row, "accuracy", gates.min_accuracy, v, v is not None and v >= gates.min_accuracy,
+            f"measured on {row.get('accuracy_n', '?')} test samples")
+    if gates.min_retention is not None:
+        v = row.get("retention")
+        add("min_retention", row, "retention", gates.min_retention, v, v is not None and v >= gates.min_retention,
+            "measured (accuracy / teacher accuracy)")
+    if gates.min_sqnr_db is not None:
+        v = row.get("sqnr_db")
+        add("min_sqnr_db", row, "sqnr_db", gates.min_sqnr_db, v, v is not None and float(v) >= gates.min_sqnr_db,
+            "measured vs the PyTorch student")
+    if gates.max_p90_ms is not None:
+        v = row.get("p90_ms")
+        if v is None:
+            add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, None, True, "not measurable here",
+                row.get("latency_note", ""))
+        else:
+            add("max_p90_ms", row, "p90_ms", gates.max_p90_ms, v, v <= gates.max_p90_ms, machine)
+    _estimate_gates(row, gates, add)
+
+
+def _estimate_gates(row: dict, gates: GatesSpec, add) -> None:
+    needs_profile = (gates.max_estimated_p90_ms, gates.max_energy_mj, gates.power_budget or None)
+    if all(x is None for x in needs_profile):
+        return
+    est = (row.get("estimates") or {}).get(gates.profile or "", None)
+    if est is None:
+        add("profile", row, "estimates", gates.profile, None, False, "estimated",
+            f"no estimate for profile {gates.profile!r} in the report; add it to bench.profiles")
+        return
+    lab = f"estimated (profile {gates.profile})"
+    if gates.max_estimated_p90_ms is not None:
+        add("max_estimated_p90_ms", row, "estimated_latency_ms", gates.max_estimated_p90_ms,
+            est.get("latency_ms"), est.get("latency_ms") is not None
+            and est["latency_ms"] <= gates.max_estimated_p90_ms, lab)
+    if gates.max_energy_mj is not None:
+        add("max_energy_mj", row, "estimated_energy_mj", gates.max_energy_mj, est.get("energy_mj"),
+            est.get("energy_mj") is not None and est["energy_mj"] <= gates.max_energy_mj, lab)
+    if gates.power_budget:
+        add("power_budget", row, "fits_profile_budgets", True, est.get("passes"), bool(est.get("passes")), lab,
+            est.get("why", ""))
 
 
 # metric -> (direction, label): "up" means larger is worse
@@ -275,8 +352,12 @@ def load_gates_file(path: str | os.PathLike) -> GatesSpec:
 
 def run_gates(report_path: str | os.PathLike, *, gates: GatesSpec | None = None,
               baseline_path: str | os.PathLike | None = None, junit: str | os.PathLike | None = None,
-              summary: str | os.PathLike | None = None) -> tuple[list[GateResult], str]:
-    """Evaluate, write JUnit + Markdown (and append to $GITHUB_STEP_SUMMARY when set); returns (results, markdown)."""
+              summary: str | os.PathLike | None = None,
+              recipe_path: str | os.PathLike | None = None) -> tuple[list[GateResult], str]:
+    """Evaluate, write JUnit + Markdown (and append to $GITHUB_STEP_SUMMARY when set); returns (results, markdown).
+
+    recipe_path: the recipe whose export targets x precisions the report must hold (default: the recipe embedded in
+    the report; a bare bench report has none, and then only the rows present are checked)."""
     rp = Path(report_path)
     if not rp.exists():
         raise ConfigError(f"report {str(rp)!r} does not exist; run `ondevice run RECIPE` (pipeline.json) or "
@@ -288,17 +369,32 @@ def run_gates(report_path: str | os.PathLike, *, gates: GatesSpec | None = None,
     if gates is None:
         from .config import GatesSpec
 
-        embedded = (report.get("recipe") or {}).get("gates")
+        from pydantic import ValidationError
+
+        from .config import format_validation_error
+
+        embedded = (report.get("recipe") or {}).get("gates") if isinstance(report, dict) else None
         if embedded is None:
             raise ConfigError(f"{rp} carries no gates; pass --gates FILE")
-        gates = GatesSpec.model_validate(embedded)
+        try:
+            gates = GatesSpec.model_validate(embedded)
+        except ValidationError as e:
+            raise format_validation_error(e, GatesSpec, f"{rp} (recipe.gates)") from None
     base_path = baseline_path or gates.baseline
     baseline = None
     if base_path:
         if not Path(base_path).exists():
             raise ConfigError(f"baseline report {str(base_path)!r} does not exist")
-        baseline = read_json(base_path)
-    results = check_gates(report, gates, baseline)
+        try:
+            baseline = read_json(base_path)
+        except ValueError as e:
+            raise ConfigError(f"baseline report {base_path} is not valid JSON: {e}") from None
+    asked = None
+    if recipe_path is not None:
+        from .config import load_recipe
+
+        asked = asked_artifacts(load_recipe(recipe_path).to_dict())
+    results = check_gates(report, gates, baseline, asked)
     md = markdown_summary(results)
     out_dir = rp.parent
     atomic_write_text(junit or out_dir / "gates.junit.xml", junit_xml(results))
@@ -312,10 +408,15 @@ def run_gates(report_path: str | os.PathLike, *, gates: GatesSpec | None = None,
 
 # --- CLI -------------------------------------------------------------------------------------------------------------
 def add_parser(sub) -> None:
+    from .exits import EPILOG
+
     p = sub.add_parser("gate", help="check a report against size/accuracy/latency/energy gates (exit 1 on failure)",
-                       description=__doc__, formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EPILOG,
+                       formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
     p.add_argument("report", help="pipeline.json from `ondevice run` or report.json from `ondevice bench`")
     p.add_argument("--gates", help="TOML/YAML file of thresholds (default: the gates of the recipe in the report)")
+    p.add_argument("--recipe", help="recipe whose export targets x precisions must all be in the report (default: "
+                                    "the recipe embedded in pipeline.json)")
     p.add_argument("--baseline", help="a committed earlier report; artifacts may not regress beyond the tolerance")
     p.add_argument("--junit", help="JUnit XML output (default: gates.junit.xml beside the report)")
     p.add_argument("--summary", help="Markdown summary output (default: gates.md beside the report)")
@@ -324,7 +425,8 @@ def add_parser(sub) -> None:
 
 def _cmd_gate(a) -> int:
     gates = load_gates_file(a.gates) if a.gates else None
-    results, md = run_gates(a.report, gates=gates, baseline_path=a.baseline, junit=a.junit, summary=a.summary)
+    results, md = run_gates(a.report, gates=gates, baseline_path=a.baseline, junit=a.junit, summary=a.summary,
+                            recipe_path=a.recipe)
     failed = [r for r in results if not r.passed]
     for r in failed:
         print(f"GATE FAILED {r.message}")

@@ -6,11 +6,33 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+# Temporary names carry this tag and the writer's pid, so the leftovers of a killed run are recognisable (and never
+# confused with a user's file) and a later run can remove them once that process is gone: see sweep_leftovers().
+TMP_TAG = ".ondevice-tmp-"
+_WRITE_HOOKS: list[Callable[[Path], None]] = []
+
+
+def on_write(hook: Callable[[Path], None]) -> None:
+    """Call `hook(path)` after every completed atomic write (ondevice.outdir records what ondevice wrote)."""
+    if hook not in _WRITE_HOOKS:
+        _WRITE_HOOKS.append(hook)
+
+
+def _written(path: Path) -> None:
+    for hook in _WRITE_HOOKS:
+        hook(path)
+
+
+def tmp_prefix(name: str) -> str:
+    """Prefix of a temporary sibling of `name` (".name.ondevice-tmp-<pid>.")."""
+    return f".{name}{TMP_TAG}{os.getpid()}."
 
 
 def _jsonable(o: Any) -> Any:
@@ -42,7 +64,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write via a temp file in the same folder + fsync + rename: readers see the old or the new file, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=tmp_prefix(path.name), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -56,6 +78,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         except FileNotFoundError:
             pass
         raise
+    _written(path)
     return path
 
 
@@ -81,7 +104,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmpdir = Path(tempfile.mkdtemp(prefix=tmp_prefix(path.name), dir=path.parent))
     tmp = tmpdir / path.name
     try:
         yield tmp
@@ -92,6 +115,58 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+    _written(path)
+
+
+@contextmanager
+def temp_dir(kind: str) -> Iterator[Path]:
+    """A scratch folder in the system temp dir ("ondevice-<kind>-<pid>-*"), removed on success, on an exception and
+    on SIGINT/SIGTERM (the CLI turns SIGTERM into an exception); after a SIGKILL the next run removes it."""
+    sweep_leftovers(Path(tempfile.gettempdir()), top_only=True)
+    d = Path(tempfile.mkdtemp(prefix=f"ondevice-{kind}-{os.getpid()}-"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_LEFTOVER = re.compile(r"^(\..+\.ondevice-tmp-(?P<pid>\d+)\..+|ondevice-[a-z]+-(?P<pid2>\d+)-.+)$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def is_leftover(name: str) -> bool:
+    """True for a temporary name of an ondevice process that no longer runs."""
+    m = _LEFTOVER.match(name)
+    if not m:
+        return False
+    return not _pid_alive(int(m.group("pid") or m.group("pid2")))
+
+
+def sweep_leftovers(root: Path, *, top_only: bool = False) -> list[Path]:
+    """Remove the temporary files and folders that killed ondevice runs left under `root` (see TMP_TAG)."""
+    removed: list[Path] = []
+    if not Path(root).is_dir():
+        return removed
+    for folder, dirs, files in os.walk(root):
+        for name in [*dirs, *files]:
+            if is_leftover(name):
+                p = Path(folder) / name
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+                removed.append(p)
+        dirs[:] = [] if top_only else [d for d in dirs if (Path(folder) / d).exists()]
+    return removed
 
 
 def read_json(path: str | os.PathLike) -> Any:

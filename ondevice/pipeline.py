@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from .errors import first_line
 from .io import atomic_write_json, atomic_write_text, library_versions, read_json, sha256_file
 from .progress import Ticker, status
 
 if TYPE_CHECKING:
     from .config import Recipe
 
-PIPELINE_SCHEMA = 1
+PIPELINE_SCHEMA = 2  # 2: artifact rows carry the artifact's sha256 (re-checked by the gates)
 
 
 def _h(*parts: Any) -> str:
@@ -111,7 +112,7 @@ def _stage(board: Board, name: str) -> Iterator[dict]:
     try:
         yield info
     except BaseException as e:
-        board.set(name, "failed", time.perf_counter() - t0, f"{type(e).__name__}: {str(e).splitlines()[0][:100]}")
+        board.set(name, "failed", time.perf_counter() - t0, f"{type(e).__name__}: {first_line(e, 100)}")
         raise
     info["seconds"] = time.perf_counter() - t0
     board.set(name, info["state"], info["seconds"], info["note"])
@@ -139,16 +140,59 @@ def _teacher_ref(recipe: Recipe, out: Path):
     return TorchModelRef("teacher", t.model, weights=weights, kwargs=kwargs)
 
 
+def _student_intact(out: Path) -> bool:
+    """student.pt still has the sha256 recorded when distillation wrote it (else the distill stage runs again and
+    rebuilds it from its checkpoints)."""
+    from .errors import ArtifactChangedError
+    from .provenance import verify_hash
+
+    try:
+        verify_hash(out / "student.pt")
+    except ArtifactChangedError as e:
+        status(f"[run] {e}; running the distill stage again")
+        return False
+    return True
+
+
+def _cached_record(state: StageState, name: str, key: str) -> dict | None:
+    """A cached export's record, only while its artifact still has the sha256 recorded at verification."""
+    from . import sidecar
+
+    rec = state.hit(name, key)
+    if not rec or not Path(rec["record"]).exists():
+        return None
+    art = read_json(rec["record"])
+    trust = sidecar.check(art.get("path") or "")
+    if trust.hash != "match":
+        status(f"[run] {name}: {trust.reason}; exporting it again")
+        return None
+    return art
+
+
+def _checked_student(out: Path, splits):
+    """The distilled student, refused unless it reproduces its recorded test accuracy on the labelled test split."""
+    from .distill import load_student
+    from .provenance import check_student
+
+    student = load_student(out)
+    check_student(out, "student", student, test=(splits.test.x, splits.test.y))
+    return student
+
+
 def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fresh: bool = False,
-        bench: bool | None = None) -> PipelineResult:
-    """Run every stage the recipe asks for; see the module docstring. `bench=False` skips benchmarking."""
+        bench: bool | None = None, force: bool = False, explicit_output: bool = False) -> PipelineResult:
+    """Run every stage the recipe asks for; see the module docstring. `bench=False` skips benchmarking.
+
+    The output folder is claimed first (ondevice.outdir): `force` adopts a non-empty folder ondevice does not own,
+    `explicit_output` lets a folder given on the command line lie outside the working directory."""
     from .config import Recipe, check_references, load_recipe
+    from .outdir import claim_recipe_dir
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
-    check_references(recipe)
+    check_references(recipe, resume=not fresh)
     out = Path(recipe.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_recipe_dir(recipe, force=force, explicit=explicit_output, purpose="run")
     state = StageState(out / "pipeline" / "state.json", fresh=fresh)
     do_bench = recipe.bench.enabled if bench is None else bench
     jobs = [(t.target, p, t.options) for t in recipe.export.targets for p in t.precisions]
@@ -160,12 +204,13 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
         key = _h(recipe.section_hash("teacher", "student", "data", "train", "distill", "seed"),
                  sha256_file(recipe.teacher.weights) if recipe.teacher.weights else None)
         with _stage(board, "distill") as info:
-            if state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists():
+            if state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists() \
+                    and _student_intact(out):
                 info.update(state="cached", cached=True, note="student.pt reused")
             else:
                 from .distill import distill
 
-                distill(recipe, fresh=fresh)
+                distill(recipe, fresh=fresh, explicit_output=explicit_output)
                 state.done("distill", key)
             results = read_json(out / "results.json")
             if "baseline" in results:
@@ -178,7 +223,6 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
         exports: list[dict] = []
         if jobs:
             from .data import load_data
-            from .distill import load_student
             from .export import export_many
 
             d = recipe.data
@@ -193,26 +237,26 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                           ex.thresholds.get(precision), recipe.section_hash("data", "seed", "student"),
                           library_versions())
                 with _stage(board, name) as info:
-                    rec = state.hit(name, jkey)
-                    if rec and Path(rec["record"]).exists():
-                        art = read_json(rec["record"])
+                    art = _cached_record(state, name, jkey)
+                    if art is not None:
                         info.update(state="cached", cached=True)
                     else:
                         if splits is None:
                             splits = load_data(d, recipe.seed)
-                            student = load_student(out)
+                            student = _checked_student(out, splits)
                         calib = splits.train.x[: ex.calibration_samples].numpy()
                         verify = (splits.test.x[: ex.verify_samples].numpy(), splits.test.y[: ex.verify_samples].numpy())
                         a = export_many(student, [(target, [precision], options)], out_dir=out / "artifacts",
                                         calibration=calib, verify_data=verify, stem="student",
-                                        thresholds=ex.thresholds)[0]
+                                        thresholds=ex.thresholds, student_sha256=student_sha,
+                                        recorded_accuracy=results["student"]["test_acc"])[0]
                         art = a.to_dict()
                         if a.status in ("verified", "failed"):  # a deterministic outcome is worth caching
                             state.done(name, jkey, record=str(a.record_path()))
                     info["state"] = info["state"] if art["status"] == "verified" else art["status"]
                     v = art.get("verification") or {}
                     info["note"] = (f"{art.get('size_bytes') or 0:,} B, SQNR {v.get('sqnr_db', float('nan')):.1f} dB"
-                                    if art["status"] == "verified" else (art.get("error") or "").splitlines()[0][:100])
+                                    if art["status"] == "verified" else first_line(art.get("error"), 100))
                 exports.append(art)
                 stages[name] = state.timing(name, jkey, info)
                 ticker.tick(f"{target}/{precision} {info['state']}")
@@ -349,17 +393,25 @@ def print_summary(res: PipelineResult) -> None:
 def add_parser(sub) -> None:
     import argparse
 
+    from .exits import EPILOG
+
     p = sub.add_parser("run", help="distill -> export -> verify -> bench -> report -> gates, cached by stage",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", help="recipe file (.toml, .yaml or .yml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. --set train.epochs=1 (repeatable)")
     p.add_argument("--fresh", action="store_true", help="ignore every cached stage and checkpoint")
     p.add_argument("--no-bench", action="store_true", help="skip the benchmark stage")
+    from .cli import add_force
+
+    add_force(p)
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(a) -> int:
-    res = run(a.recipe, overrides=a.overrides, fresh=a.fresh, bench=False if a.no_bench else None)
+    from .cli import output_dir_given
+
+    res = run(a.recipe, overrides=a.overrides, fresh=a.fresh, bench=False if a.no_bench else None, force=a.force,
+              explicit_output=output_dir_given(a.overrides))
     print_summary(res)
     return 0 if res.passed else 1

@@ -60,6 +60,7 @@ def export_fields(art: dict) -> dict[str, Any]:
     return {
         "target": art.get("target"), "precision": art.get("precision"), "path": art.get("path"),
         "status": art.get("status"), "error": art.get("error"), "size_bytes": art.get("size_bytes"),
+        "sha256": art.get("sha256"), "student_sha256": art.get("student_sha256"),
         "sqnr_db": v.get("sqnr_db"), "top1_agreement": v.get("top1_agreement"),
         "max_abs_err": v.get("max_abs_err"), "verify_accuracy": v.get("accuracy"), "verify_n": v.get("n"),
         # until the bench measures it on the whole test set: accuracy on the held-out verification samples
@@ -101,15 +102,25 @@ def model_rows(bench_report: dict | None, threads: int | None = None) -> list[di
 
 
 def rows_from_bench_report(report: dict) -> tuple[list[dict], dict]:
-    """Gate rows from a bare `ondevice bench` report (artifact status from each artifact's sidecar record)."""
+    """Gate rows from a bare `ondevice bench` report. An artifact's status is the one bench established (its record's
+    status only while the file still had the recorded sha256, else a fresh verification); a report written before
+    bench did that gets its status from the artifact's record on disk, re-hashed now."""
     exports = []
     for it in report.get("items") or []:
         if it.get("kind") != "artifact":
             continue
         side = it.get("sidecar") or {}
+        trust = it.get("verification") if isinstance(it.get("verification"), dict) else _trust_now(it.get("path"))
+        matched = trust.get("hash") == "match" or trust.get("reverified")
         exports.append({"target": it.get("target"), "precision": it.get("precision"), "path": it.get("path"),
-                        "status": side.get("status") or "unverified",  # a bare file nobody compared with PyTorch
-                        "error": side.get("error"), "size_bytes": it.get("size_bytes"),
-                        "verification": side.get("verification")})
-    threads = (report.get("config") or {}).get("threads", [None])[0]
+                        "status": trust.get("status") or "unverified", "error": trust.get("reason"),
+                        "size_bytes": it.get("size_bytes"), "sha256": trust.get("actual_sha256") if matched else None,
+                        "verification": side.get("verification") if trust.get("hash") == "match" else None})
+    threads = ((report.get("config") or {}).get("threads") or [None])[0]
     return merge_rows(exports, report, threads), {"measured_on": report.get("measured_on")}
+
+
+def _trust_now(path: str | None) -> dict[str, Any]:
+    from .sidecar import check
+
+    return check(path).to_dict() if path else {"status": "unverified", "reason": "no artifact path in the report"}

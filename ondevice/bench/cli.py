@@ -1,7 +1,9 @@
 """`ondevice bench`: latency, memory, accuracy retention and estimated energy of artifacts and eager models.
 
 Wired into `ondevice/cli.py` through `add_parser(subparsers)`; `main(args) -> int` runs it.
-Exit codes: 0 report written; 1 with --strict when an item failed; 2 usage or input error.
+Exit codes: 0 report written and every item ok; 1 an item failed (its benchmark, or its verification: a changed
+artifact not verified again, a re-verification that failed) unless --keep-going; 2 usage or input error; 3 internal
+error (ondevice.exits).
 """
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import argparse
 import logging
 import sys
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+from ondevice.exits import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 
 DESCRIPTION = """\
 Benchmark exported artifacts (.onnx, .pte, .tflite, .mlpackage; or a folder of them, e.g. the output folder of
@@ -29,7 +31,10 @@ energy    estimated per device profile (built-in: midrange_phone_cpu, flagship_p
           own TOML): energy per inference, roofline latency, highest sustainable rate within the power budget,
           fits memory / meets power. MACs are counted on the student (--student) the artifacts came from.
           Measured host energy (RAPL) where the host exposes it.
-Every number is labelled measured (with the machine) or estimated (with the profile)."""
+Every number is labelled measured (with the machine) or estimated (with the profile).
+trust     an artifact's status comes from its <artifact>.json record only while the file still has the sha256
+          recorded at verification; a changed file is verified again against --student on --data (both needed),
+          otherwise its item fails."""
 
 EPILOG = """\
 examples:
@@ -38,7 +43,8 @@ examples:
   ondevice bench model.onnx model_int8.onnx --data test.npz --threads 1,2 --mode full --out bench_full
   ondevice bench model.tflite --input-shape 1,1,28,28          # no data: synthetic inputs, no accuracy
   ondevice bench --list-profiles
-exit codes: 0 report written, 1 an item failed (with --strict), 2 usage or input error"""
+exit codes: 0 report written and every item ok, 1 an item failed (unless --keep-going), 2 usage or input error,
+            3 internal error (one-line summary + the path of a log with the traceback), 130/143 interrupted"""
 
 
 def _ints(s: str) -> tuple[int, ...]:
@@ -93,7 +99,12 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--out", default="bench_out", help="report folder (default ./bench_out)")
     g.add_argument("--no-plots", action="store_true", help="write report.html without plots")
-    g.add_argument("--strict", action="store_true", help="exit 1 when any item failed")
+    g.add_argument("--keep-going", action="store_true",
+                   help="exit 0 even when an item failed (the report still records the failure)")
+    g.add_argument("--strict", action="store_true", help="exit 1 when any item failed (the default; kept for old "
+                                                         "scripts, overrides --keep-going)")
+    g.add_argument("--force", action="store_true",
+                   help="write the report into a non-empty --out folder ondevice does not own")
     p.set_defaults(func=main)
     return p
 
@@ -184,24 +195,28 @@ def main(args: argparse.Namespace) -> int:
         if student and args.student_weights:
             student.weights = args.student_weights
         items = list(args.artifacts) + [_model_ref(m) for m in args.model]
-        report = bench(items, data=args.data, teacher=teacher, student=student, config=config, out_dir=args.out)
+        report = bench(items, data=args.data, teacher=teacher, student=student, config=config, out_dir=args.out,
+                       force=args.force)
     except (OndeviceError, ConfigError, UnknownNameError, ValueError, FileNotFoundError,
             ImportError) as e:
         print(f"ondevice bench: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     _print_summary(report)
     failed = [it["label"] for it in report["items"] if it["status"] != "ok"]
-    if failed and args.strict:
+    if failed:
         print(f"ondevice bench: failed items: {', '.join(failed)}", file=sys.stderr)
-        return EXIT_FAIL
+        if args.strict or not args.keep_going:
+            return EXIT_FAIL
     return EXIT_OK
 
 
 def run(argv: list[str] | None = None) -> int:
     """Stand-alone entry point: `python -m ondevice.bench.cli ...`."""
+    from ondevice.exits import guarded
+
     p = configure(argparse.ArgumentParser(prog="ondevice bench", description=DESCRIPTION, epilog=EPILOG,
                                           formatter_class=argparse.RawDescriptionHelpFormatter))
-    return main(p.parse_args(argv))
+    return guarded("bench", main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ondevice.io import read_json
 
 # mode -> defaults. A variant is done when it has >= min_queries AND >= min_seconds of measured time, or has
 # reached max_seconds (see latency.py).
@@ -115,16 +114,18 @@ class Item:
     ref: str | None = None
     weights: str | None = None
     sidecar: dict | None = None
+    sidecar_error: str | None = None  # the record beside the artifact exists but is damaged
 
 
-def _sidecar(path: Path) -> dict | None:
-    side = Path(str(path).rstrip("/") + ".json")
-    if side.is_file():
-        try:
-            return read_json(side)
-        except (OSError, ValueError):
-            return None
-    return None
+def _sidecar(path: Path) -> tuple[dict | None, str | None]:
+    """(record, None) or (None, why it cannot be read) for the `<artifact>.json` beside `path`."""
+    from ondevice import sidecar
+    from ondevice.errors import SidecarError
+
+    try:
+        return sidecar.read(path), None
+    except SidecarError as e:
+        return None, str(e)
 
 
 def known_suffixes() -> dict[str, str]:
@@ -191,13 +192,14 @@ def resolve_items(items: Sequence[Any], teacher: TorchModelRef | None = None,
             raise TypeError(f"bench items must be artifact paths or TorchModelRef, got {type(it).__name__}")
     for p in expand_artifacts(paths):
         target = artifact_target(p)
-        side = _sidecar(p)
+        side, side_error = _sidecar(p)
         precision = side.get("precision") if side else None
         label = _unique(f"{target}/{precision}" if precision else p.name, taken)
         taken.add(label)
         out.append(Item(label=label, kind="artifact", role="artifact",
                         engine={"kind": "artifact", "target": target, "path": str(p.resolve())},
-                        target=target, precision=precision, path=str(p.resolve()), sidecar=side))
+                        target=target, precision=precision, path=str(p.resolve()), sidecar=side,
+                        sidecar_error=side_error))
     if not out:
         raise ValueError("nothing to benchmark: give artifact paths, a folder of artifacts, or --teacher/--student")
     return out

@@ -9,8 +9,6 @@ report.json / report.md / report.html written atomically.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -19,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ondevice.io import machine_record
+from ondevice.io import machine_record, temp_dir
 
 from . import accuracy as acc
 from .config import BenchConfig, Data, Item, TorchModelRef, load_data, resolve_items
@@ -78,7 +76,7 @@ class _Variant:
 
 def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef | None = None,
           student: TorchModelRef | None = None, config: BenchConfig | None = None,
-          out_dir: str | Path | None = "bench_out") -> dict:
+          out_dir: str | Path | None = "bench_out", force: bool = False) -> dict:
     """Benchmark artifacts and eager PyTorch models side by side; returns the report dict.
 
     items:   artifact paths (.onnx/.pte/.tflite/.mlpackage, or folders of them) and TorchModelRef eager models
@@ -86,7 +84,10 @@ def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef
              synthetic inputs of config.input_shape (latency and memory only)
     teacher: the reference for retention, agreement and KL; student: the fp32 source of the artifacts (its MAC
              count is used for the artifacts' energy estimates)
-    out_dir: report.json, report.md and report.html are written there (atomically); None writes nothing
+    out_dir: report.json, report.md and report.html are written there (atomically); None writes nothing. It is
+             claimed first (ondevice.outdir): a non-empty folder ondevice does not own is refused unless `force`
+    Artifacts: a status is taken from an artifact's record only while the file still has the recorded sha256; a
+    changed file is verified again against `student` on `data` when both are given, else its item fails.
     """
     config = config or BenchConfig()
     t_start = time.perf_counter()
@@ -94,12 +95,13 @@ def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef
     profiles = load_profiles(config.profiles)
     ds = load_data(data, input_shape=config.input_shape, input_dtype=config.input_dtype, seed=config.seed,
                    items=resolved)
+    if out_dir is not None:  # inputs are sound: claim the report folder before measuring anything
+        from ondevice.outdir import claim
+
+        claim(out_dir, force=force, explicit=True, purpose="bench")
     machine_before = machine_record()
-    work = Path(tempfile.mkdtemp(prefix="ondevice-bench-"))
-    try:
+    with temp_dir("bench") as work:
         report = _run(resolved, ds, config, profiles, work, machine_before)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     report["seconds"] = time.perf_counter() - t_start
     if out_dir is not None:
         from .report import write_report
@@ -402,9 +404,8 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res:
                                                "(--student) the artifacts were exported from")
         energy["measured_host"] = {"available": bool(rapl_zones), "reason": rapl_reason}
 
-        status = "ok"
-        if errors:
-            status = "failed" if all(v.error for v in its) else "partial"
+        src_out = outputs.get(src_idx) if src_idx is not None else None
+        status, verification = _item_status(it, its, errors, outputs.get(i), src_out, eval_y, info.get("inspect"))
         sidecar = None
         if it.sidecar:
             sidecar = {k: it.sidecar.get(k) for k in ("status", "precision", "target", "size_bytes", "error")}
@@ -417,6 +418,7 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res:
             "size_bytes": info.get("size_bytes"), "size_kind": info.get("size_kind"),
             "inspect": _trim(info.get("inspect")), "runtime_memory": info.get("runtime_memory"),
             "sidecar": sidecar,
+            "verification": verification,
             "latency": {"label": mlabel, "measurable": measurable, "reason": reason,
                         "batch_size": config.batch_size},
             "memory": {"label": mlabel, "method": first.init.get("memory_method") if first else None,
@@ -463,6 +465,59 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res:
         "warnings": warnings,
         "items": report_items,
     }
+
+
+def verify_item(it: Item, out: np.ndarray | None, source_out: np.ndarray | None, labels: np.ndarray | None,
+                inspect: dict | None) -> dict:
+    """The status to believe for an artifact: its record's while the file still has the recorded sha256; after a
+    change, a fresh verification against the source student on the bench data when both were given."""
+    from ondevice import sidecar
+    from ondevice.precision import get_precision
+    from ondevice.verify import compare, precision_check, thresholds_for
+
+    if it.sidecar_error:
+        trust = sidecar.Trust("unverified", f"unverified: {it.sidecar_error}", "invalid record")
+    else:
+        trust = sidecar.check(it.path, it.sidecar, load=False)
+    comparison = None
+    if trust.hash in ("changed", "not recorded", "invalid record"):
+        if out is not None and source_out is not None and it.precision:
+            prec = get_precision(it.precision)
+            try:
+                cmp = compare(source_out, out, labels, thresholds_for(prec))
+            except ValueError as e:  # e.g. the outputs' shapes differ
+                return {**trust.after_reverify({"passed": False, "failures": [str(e)]}, len(out)).to_dict(),
+                        "comparison": None}
+            failure = precision_check(prec, inspect).get("failure")
+            if failure:
+                cmp.failures.append(failure)
+            comparison = cmp.to_dict()
+            trust = trust.after_reverify(comparison, cmp.n)
+        else:
+            trust.reason += ("; pass the test data (--data) and the source student (--student) to verify it again, "
+                             "or export it again")
+    return {**trust.to_dict(), "comparison": comparison}
+
+
+def _item_status(it: Item, its: list[_Variant], errors: list[dict], out, source_out, labels,
+                 inspect: dict | None) -> tuple[str, dict | None]:
+    """("ok" | "partial" | "failed", verification) of one item; a failed verification is one of its `errors`."""
+    verification = None
+    if it.kind == "artifact":
+        verification = verify_item(it, out, source_out, labels, inspect)
+        if item_failed_verification(verification):
+            errors.append({"stage": "verification", "threads": None,
+                           "message": verification["reason"] or f"its record says {verification['status']}"})
+            return "failed", verification
+    if not errors:
+        return "ok", verification
+    return ("failed" if all(v.error for v in its) else "partial"), verification
+
+
+def item_failed_verification(v: dict) -> bool:
+    """An artifact known to be bad, or changed (or with a damaged record) and not verified again."""
+    return v["status"] in ("failed", "error", "degenerate reference") or (
+        v["status"] == "unverified" and v["hash"] in ("changed", "not recorded", "invalid record"))
 
 
 def _trim(inspect: dict | None) -> dict | None:

@@ -23,7 +23,6 @@ import json
 import logging
 import math
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from ondevice.errors import ConfigError, ConversionError
+from ondevice.io import temp_dir
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
@@ -300,11 +300,11 @@ def xnnpack_graph(payload: bytes) -> dict:
 
     header = XNNHeader.from_bytes(payload[:XNNHeader.EXPECTED_LENGTH])
     flat = payload[header.flatbuffer_offset:header.flatbuffer_offset + header.flatbuffer_size]
-    with tempfile.TemporaryDirectory(prefix="ondevice-xnn-") as td:
+    with temp_dir("xnn") as td:
         schema = Path(td) / "schema.fbs"
         schema.write_bytes(importlib.resources.files(serialization).joinpath("schema.fbs").read_bytes())
         (Path(td) / "graph.bin").write_bytes(flat)
-        _flatc_decompile(td, str(schema), str(Path(td) / "graph.bin"))
+        _flatc_decompile(str(td), str(schema), str(Path(td) / "graph.bin"))
         text = (Path(td) / "graph.json").read_text()
     # flatc writes non-finite floats (clamp bounds) as bare inf / nan, which JSON does not have
     text = re.sub(r"(?<=[:\s\[,])(-?)inf\b", r"\1Infinity", text)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ondevice.errors import ConfigError, ConversionError
+from ondevice.io import temp_dir
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
 from ondevice.target import Target
@@ -134,7 +134,7 @@ class OnnxRuntimeTarget(Target):
         methods = ("minmax", "entropy", "percentile")
         if calibrate_method not in methods:
             raise ConfigError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
-        with tempfile.TemporaryDirectory(prefix="ondevice-ort-") as td:
+        with temp_dir("ort") as td:
             fp32 = Path(td) / "fp32.onnx"
             try:
                 export_onnx(prepared, example_inputs, fp32, opset=int(opset), dynamic_batch=bool(dynamic_batch))
