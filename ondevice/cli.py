@@ -192,7 +192,10 @@ def parse_value(raw: str):
 
 
 def _export_source(a) -> tuple:
-    """(model, dataset, seed, stem, out folder, provenance kwargs for export) from SOURCE or --model."""
+    """(model, data spec, seed, stem, out folder, export kwargs) from SOURCE or --model. The data spec is a recipe's
+    DataSpec (SOURCE's own: root, kwargs, val_fraction and limits kept; --data replaces only its dataset name)."""
+    from .config import DataSpec
+
     if a.source:
         from .distill import load_student
         from .io import read_json, sha256_file
@@ -207,18 +210,41 @@ def _export_source(a) -> tuple:
         model = load_student(src, a.which)  # a changed <which>.pt (recorded sha256) is refused here
         recorded = check_student(src, a.which, model)  # ... and one that no longer reproduces results.json here
         weights = src / f"{a.which}.pt"
-        prov = {"student_sha256": sha256_file(weights) if weights.exists() else None,
-                "recorded_accuracy": recorded.get("test_acc")}
-        data = a.data or recipe.data  # the run's own data: root, kwargs, splits and limits
-        return model, data, recipe.seed, a.which, Path(a.out or src / "artifacts"), prov
+        results = read_json(src / "results.json") if (src / "results.json").exists() else {}
+        kw = {"student_sha256": sha256_file(weights) if weights.exists() else None,
+              "recorded_accuracy": recorded.get("test_acc"), "input_spec": results.get("input_spec"),
+              "task": results.get("task")}
+        data = recipe.data.model_copy(update={"dataset": a.data}) if a.data else recipe.data
+        return model, data, recipe.seed, a.which, Path(a.out or src / "artifacts"), kw
     from .io import sha256_file
     from .models import build_model
 
     if not a.data:
         raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
     model = build_model(a.model, weights=a.weights).eval()
-    prov = {"student_sha256": sha256_file(a.weights) if a.weights else None}
-    return model, a.data, 0, a.model.replace(":", "_").replace(".", "_"), Path(a.out or "artifacts"), prov
+    kw = {"student_sha256": sha256_file(a.weights) if a.weights else None}
+    return (model, DataSpec(dataset=a.data), 0, a.model.replace(":", "_").replace(".", "_"),
+            Path(a.out or "artifacts"), kw)
+
+
+def export_samples(splits, calibration_samples: int, verify_samples: int) -> dict:
+    """What `export_many` takes from a dataset (the same for `ondevice export` and the pipeline): real calibration
+    and verification samples in the form the model takes (one tensor, a tuple or a dict of named inputs), labels
+    where the task has them, and the deployer's preprocessing."""
+    import torch
+
+    from .tree import tree_map
+
+    def arrays(tree):
+        return tree_map(lambda t: t.numpy(), tree)
+
+    cal = splits.train.take(calibration_samples)
+    ver = splits.test.take(verify_samples)
+    cal_x = arrays(cal.batch(torch.arange(len(cal)))[0])
+    ver_x, ver_y = ver.batch(torch.arange(len(ver)))
+    labels = ver_y.numpy() if hasattr(ver_y, "numpy") and ver_y.ndim == 1 else None
+    return {"calibration": cal_x, "verify_data": (arrays(ver_x), labels),
+            "preprocessing": splits.info.deploy_preprocessing() or None}
 
 
 def _export_jobs(a) -> list[tuple[str, list[str], dict]]:
@@ -246,7 +272,7 @@ def _export_jobs(a) -> list[tuple[str, list[str], dict]]:
 
 
 def _cmd_export(a) -> int:
-    from .data import load_data, load_dataset
+    from .data import load_data
     from .export import export_many
     from .io import atomic_write_json
     from .outdir import claim
@@ -254,13 +280,13 @@ def _cmd_export(a) -> int:
     if not a.source and not a.model:
         raise UsageError("give SOURCE (an `ondevice distill` output folder) or --model NAME [--weights FILE]")
     jobs = _export_jobs(a)
-    model, dataset, seed, name, out, prov = _export_source(a)
+    model, data, seed, name, out, kw = _export_source(a)
     claim(out, force=a.force, explicit=True, purpose="export")
-    splits = load_dataset(dataset, seed=seed) if isinstance(dataset, str) else load_data(dataset, seed)
-    calib = splits.train.x[: a.calibration_samples].numpy()
-    verify = (splits.test.x[: a.verify_samples].numpy(), splits.test.y[: a.verify_samples].numpy())
-    arts = export_many(model, jobs, out_dir=out, calibration=calib, verify_data=verify, stem=name,
-                       on_result=lambda art: print(_artifact_line(art), flush=True), overwrite=a.force, **prov)
+    splits = load_data(data, seed)  # the one place data is loaded, as `ondevice run` loads it
+    samples = export_samples(splits, a.calibration_samples, a.verify_samples)
+    arts = export_many(model, jobs, out_dir=out, stem=name, on_result=lambda art: print(_artifact_line(art),
+                                                                                          flush=True),
+                       overwrite=a.force, **samples, **kw)
     atomic_write_json(out / "exports.json", [x.to_dict() for x in arts])
     _print_export_table(arts, out)
     return EXIT_OK if all(x.ok for x in arts) else EXIT_FAIL
@@ -311,6 +337,79 @@ def _cmd_fetch(a) -> int:
     return EXIT_OK
 
 
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="what an artifact takes, returns and holds, and the preprocessing it needs",
+                       description=_wrap("Print an artifact's target, precision and verification status (from its "
+                                         "<artifact>.json record, re-hashed), its inputs and outputs (names, dtypes, "
+                                         "shapes), the preprocessing a deployer must apply (from the artifact's own "
+                                         "metadata where the format has a place for it, else from its record), its "
+                                         "ops (delegated and not), stored weight bytes per dtype and planned memory."),
+                       epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("artifact", help="an .onnx, .pte, .tflite or .mlpackage file (any registered target's suffix)")
+    p.add_argument("--json", action="store_true", help="print the whole inspection as JSON")
+    p.set_defaults(func=_cmd_inspect)
+
+
+def _cmd_inspect(a) -> int:
+    from . import sidecar
+    from .errors import SidecarError
+    from .io import dumps
+    from .target import META_PREPROCESSING, META_SPEC, artifact_target, get_target
+
+    path = Path(a.artifact)
+    if not path.exists():
+        raise FileNotFoundError(f"artifact {path} does not exist")
+    try:
+        record = sidecar.read(path)
+    except SidecarError as e:
+        print(f"warning: {e}", file=sys.stderr)
+        record = None
+    target = artifact_target(path, record)
+    info = get_target(target).inspect(path).to_dict()
+    trust = sidecar.check(path, record, load=False)
+    meta = info.get("metadata") or {}
+    spec = meta.get(META_SPEC) or (record or {}).get("input_spec")
+    pre, where = (meta[META_PREPROCESSING], "the artifact's own metadata") if META_PREPROCESSING in meta else (
+        (spec or {}).get("preprocessing"), f"its record {sidecar.record_path(path).name}")
+    if a.json:
+        print(dumps({"target": target, "record": record, "trust": trust.to_dict(), "input_spec": spec,
+                     "preprocessing": pre, "preprocessing_source": where if pre else None, "inspect": info}))
+        return EXIT_OK
+    for line in _inspect_lines(path, target, record, trust, spec, pre, where, info):
+        print(line)
+    return EXIT_OK
+
+
+def _inspect_lines(path, target, record, trust, spec, pre, where, info) -> list[str]:
+    def tensors(ts) -> str:
+        return ", ".join(f"{t['name']} {t['dtype']}{list(t['shape'])}" for t in ts)
+
+    lines = [f"{path}: target {target}" + (f", precision {record['precision']}" if record else " (no record: a "
+                                                                                             "bare file)"),
+             f"status: {trust.status}" + (f" ({trust.reason})" if trust.reason else "")]
+    if spec:
+        lines.append("inputs (input spec): " + tensors(spec["inputs"]))
+        lines.append("outputs (input spec): " + tensors(spec.get("outputs", [])))
+    lines.append("inputs (in the file): " + tensors(info.get("inputs", [])))
+    lines.append("outputs (in the file): " + tensors(info.get("outputs", [])))
+    if pre:
+        lines.append(f"preprocessing (from {where}):")
+        lines += [f"  {k}: {v}" for k, v in pre.items()]
+    else:
+        lines.append("preprocessing: none recorded (the model takes its inputs as they are)")
+    ops = sorted(info.get("ops", {}).items(), key=lambda kv: -kv[1])
+    lines.append(f"ops: {info.get('num_ops')} (" + ", ".join(f"{k} x{v}" for k, v in ops[:12])
+                 + (", ..." if len(ops) > 12 else "") + ")")
+    if info.get("delegated_ops") is not None:
+        lines.append(f"delegated: {info.get('num_delegated_ops')}, not delegated: {info.get('num_non_delegated_ops')}"
+                     + (f" ({', '.join(info['non_delegated_ops'])})" if info.get("non_delegated_ops") else ""))
+    wb = info.get("weight_bytes") or {}
+    lines.append("stored weights: " + (", ".join(f"{k} {v:,} B" for k, v in sorted(wb.items())) or "none"))
+    if info.get("planned_memory_bytes") is not None:
+        lines.append(f"planned activation memory: {info['planned_memory_bytes']:,} B")
+    return lines
+
+
 def _add_targets(sub) -> None:
     p = sub.add_parser("targets", help="list targets, their precisions and whether their packages are installed",
                        description="List every registered target (the folders under targets/ and any package exposing "
@@ -349,6 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     gates.add_parser(sub)
     _add_fetch(sub)
     _add_targets(sub)
+    _add_inspect(sub)
     return p
 
 

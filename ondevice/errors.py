@@ -66,3 +66,13 @@ class ArtifactChangedError(OndeviceError):
 def first_line(text: object, width: int = 300) -> str:
     """The first line of a message, at most `width` characters ('' for None or an empty message)."""
     return (str(text or "").splitlines() or [""])[0][:width]
+
+
+class InputMismatchError(OndeviceError, ValueError):
+    """Inputs given to a model or artifact do not match what it takes (a name missing or extra, a wrong dtype, a
+    wrong or too long shape); the message names the input and how to pass it."""
+
+
+class ArtifactError(OndeviceError):
+    """An artifact file cannot be read (corrupted, truncated, not the format its suffix says) or its record disagrees
+    with it; the message names the file and the fix (usually: export it again)."""

@@ -129,6 +129,14 @@ class PipelineResult:
         return all(g.passed for g in self.gates)
 
 
+def _bench_data(split) -> tuple:
+    """(inputs tree, labels or None) of a test split for the bench: labels only where they are class ids (N,)."""
+    import torch
+
+    x, y = split.batch(torch.arange(len(split)))
+    return x, (y if isinstance(y, torch.Tensor) and y.ndim == 1 else None)
+
+
 def _teacher_ref(recipe: Recipe, out: Path):
     from .bench import TorchModelRef
 
@@ -222,6 +230,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
         # -- export + verify --------------------------------------------------------------------------------------
         exports: list[dict] = []
         if jobs:
+            from .cli import export_samples
             from .data import load_data
             from .export import export_many
 
@@ -244,12 +253,11 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                         if splits is None:
                             splits = load_data(d, recipe.seed)
                             student = _checked_student(out, splits)
-                        calib = splits.train.x[: ex.calibration_samples].numpy()
-                        verify = (splits.test.x[: ex.verify_samples].numpy(), splits.test.y[: ex.verify_samples].numpy())
                         a = export_many(student, [(target, [precision], options)], out_dir=out / "artifacts",
-                                        calibration=calib, verify_data=verify, stem="student",
-                                        thresholds=ex.thresholds, student_sha256=student_sha,
-                                        recorded_accuracy=results["student"]["test_acc"])[0]
+                                        stem="student", thresholds=ex.thresholds, student_sha256=student_sha,
+                                        recorded_accuracy=results["student"].get("test_acc"),
+                                        input_spec=results.get("input_spec"), task=results.get("task"),
+                                        **export_samples(splits, ex.calibration_samples, ex.verify_samples))[0]
                         art = a.to_dict()
                         if a.status in ("verified", "failed"):  # a deterministic outcome is worth caching
                             state.done(name, jkey, record=str(a.record_path()))
@@ -284,7 +292,7 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
                     sp = load_data(d, recipe.seed)
                     s = recipe.student
                     bench_report = run_bench(
-                        ok_paths, data=(sp.test.x.numpy(), sp.test.y.numpy()), teacher=_teacher_ref(recipe, out),
+                        ok_paths, data=_bench_data(sp.test), teacher=_teacher_ref(recipe, out),
                         student=TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs),
                         config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
                                            profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),

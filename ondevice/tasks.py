@@ -154,6 +154,21 @@ class Task:
         s, t = student.get(self.primary), teacher.get(self.primary)
         return None if s is None or not t else s / t
 
+    # -- verification of an exported artifact (NumPy outputs; see ondevice.verify) ----------------------------------
+    def primary_output(self, outputs: dict) -> str | None:
+        """The output the task judges: "output" (a single-output model), else the first one."""
+        if not outputs:
+            return None
+        return "output" if "output" in outputs else next(iter(outputs))
+
+    def verify_criteria(self, ref: dict, act: dict, inputs: dict | None) -> list:
+        """Criteria (ondevice.verify.Criterion) on the primary output that can fail for its shape; [] otherwise."""
+        return []
+
+    def verify_notes(self, ref: dict) -> list[str]:
+        """Why a criterion this task would use was left out for these outputs (e.g. top-1 on a (B, 1) output)."""
+        return []
+
     def describe(self) -> dict:
         return {"name": self.name, **self.params}
 
@@ -215,6 +230,23 @@ class Classification(Task):
         st["n"] += len(targets)
         if t_pred is not None:
             st["agree"] += float((s_pred.argmax(1) == t_pred.argmax(1)).sum())
+
+    def verify_criteria(self, ref, act, inputs):
+        from .verify import Criterion, top1_agreement
+
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is None or r.ndim != 2 or r.shape[1] < 2:
+            return []
+        return [Criterion("top1_agreement", out, top1_agreement(r, act[out]), "min_top1_agreement")]
+
+    def verify_notes(self, ref):
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is not None and (r.ndim != 2 or r.shape[1] < 2):
+            return [f"top-1 agreement not used: output {out!r} has shape {tuple(r.shape[1:])} per sample, where the "
+                    f"arg-max cannot disagree (or is not a class); judged by SQNR / allclose"]
+        return []
 
     def finish_stats(self, st) -> dict[str, float]:
         n = max(st["n"], 1.0)
@@ -285,6 +317,25 @@ class TokenLM(Task):
             out["teacher_agreement"] = st["agree"] / n
         return out
 
+    def verify_criteria(self, ref, act, inputs):
+        from .verify import Criterion, mean_kl, top1_agreement
+
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is None or r.ndim != 3 or r.shape[-1] < 2:
+            return []
+        mask = (inputs or {}).get(self.params.get("mask_input", "attention_mask"))
+        keep = None if mask is None or tuple(mask.shape) != r.shape[:2] else mask.astype(bool)  # (B, T)
+        return [Criterion("next_token_agreement", out, top1_agreement(r, act[out], keep), "min_top1_agreement"),
+                Criterion("kl", out, mean_kl(r, act[out], keep), "max_kl", higher_is_better=False)]
+
+    def verify_notes(self, ref):
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is not None and (r.ndim != 3 or r.shape[-1] < 2):
+            return [f"next-token agreement not used: output {out!r} is not (B, T, V) logits"]
+        return []
+
     def retention(self, student, teacher) -> float | None:
         """Teacher perplexity / student perplexity (1.0 = as good as the teacher)."""
         return None if not student.get("ppl") else teacher["ppl"] / student["ppl"]
@@ -353,6 +404,30 @@ class Embedding(Task):
 
     def retention(self, student, teacher) -> float | None:
         return student.get("cosine")  # the teacher's own cosine to itself is 1
+
+    def verify_criteria(self, ref, act, inputs):
+        from .verify import Criterion, cosine_mean
+
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is None or r.ndim != 2 or r.shape[1] < 2:
+            return []
+        crits = [Criterion("cosine", out, cosine_mean(r, act[out]), "min_cosine")]
+        if len(r) >= 3:
+            s = F.normalize(torch.from_numpy(act[out]).double(), dim=-1)  # (N, D)
+            t = F.normalize(torch.from_numpy(r).double(), dim=-1)
+            crits.append(Criterion("nn_agreement@1", out, nn_agreement(s, t, [1])["nn_agreement@1"],
+                                   "min_nn_agreement"))
+        return crits
+
+    def verify_notes(self, ref):
+        out = self.primary_output(ref)
+        r = ref.get(out) if out else None
+        if r is not None and r.ndim == 2 and len(r) < 3:
+            return ["nearest-neighbour agreement not used: fewer than 3 samples"]
+        if r is not None and (r.ndim != 2 or r.shape[1] < 2):
+            return [f"cosine not used: output {out!r} is not (B, D) vectors"]
+        return []
 
 
 def nn_agreement(s: Tensor, t: Tensor, ks: list[int], chunk: int = 2048) -> dict[str, float]:
@@ -462,6 +537,22 @@ class MultiOutput(Task):
         out["score"] = score / wsum if wsum else float("nan")
         return out
 
+    def primary_output(self, outputs: dict) -> str | None:
+        return next((h for h in self.heads if h in outputs), super().primary_output(outputs))
+
+    def verify_criteria(self, ref, act, inputs):
+        crits = []
+        for h, (task, _) in self.heads.items():
+            if h in ref:
+                for c in task.verify_criteria({"output": ref[h]}, {"output": act[h]}, inputs):
+                    c.output = h
+                    crits.append(c)
+        return crits
+
+    def verify_notes(self, ref):
+        return [f"head {h!r}: {n}" for h, (task, _) in self.heads.items() if h in ref
+                for n in task.verify_notes({"output": ref[h]})]
+
     def retention(self, student, teacher) -> float | None:
         rs = []
         for h, (task, w) in self.heads.items():
@@ -470,6 +561,14 @@ class MultiOutput(Task):
             if r is not None:
                 rs.append(r)
         return min(rs) if rs else None
+
+
+def default_task(outputs: dict) -> Task | None:
+    """The task to verify an artifact by when none is given: classification for one (N, C) output (the models
+    ondevice exported before tasks existed), else None (every output by SQNR / allclose only)."""
+    if len(outputs) == 1 and next(iter(outputs.values())).ndim == 2:
+        return Classification()
+    return None
 
 
 def build_task(name: str, params: dict | None = None, where: str = "task") -> Task:

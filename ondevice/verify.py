@@ -1,16 +1,37 @@
 """Compare an artifact's outputs with the PyTorch model it came from, on held-out real samples.
 
-Float exports are judged by rtol/atol (numpy.allclose semantics); quantized exports by SQNR in dB and top-1
-agreement. A failure carries every statistic so the message shows how far off the artifact is.
+Every output is judged by numbers that can fail for it: float exports by rtol/atol (numpy.allclose semantics),
+quantized ones by SQNR in dB, each output on its own. On top of that the task judges its primary output(s) by what
+the output means (`ondevice.tasks`, `Task.verify_criteria`):
+
+================  ===================================================  =======================================
+task / output     criteria (thresholds field)                          not used when
+================  ===================================================  =======================================
+classification    top-1 agreement (min_top1_agreement)                 the output has one column (B, 1) or is
+                                                                       not (B, C): top-1 there is always 1.0
+embedding         mean cosine similarity (min_cosine), nearest-        fewer than 3 samples (no neighbours)
+                  neighbour agreement@1 (min_nn_agreement)
+token_lm          top-1 next-token agreement over real tokens          the vocabulary axis has one entry
+                  (min_top1_agreement), mean KL(ref || artifact)
+                  per token in nats (max_kl)
+multi_output      each head by its own task
+any other output  SQNR / allclose only (state tensors, hidden states)
+================  ===================================================  =======================================
+
+Default floors per precision are in `ondevice.precision` (fp32 / fp16 / int8 / 4-bit / pruned); a recipe's
+`export.thresholds` overrides them. A failure carries every statistic so the message shows how far off it is.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .precision import Precision, Thresholds
+
+PRIMARY = "output"  # the name of a single-output model's output (ondevice.spec.output_items)
 
 
 def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
@@ -27,12 +48,34 @@ def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
 
 
 @dataclass
+class Criterion:
+    """One task criterion on one output: `value` against the thresholds field `floor` (a minimum, or a maximum
+    when `higher_is_better` is False)."""
+
+    name: str
+    output: str
+    value: float
+    floor: str  # Thresholds field name
+    higher_is_better: bool = True
+
+    def failure(self, th: Thresholds) -> str | None:
+        limit = getattr(th, self.floor, None)
+        if limit is None:
+            return None
+        bad = math.isnan(self.value) or (self.value < limit if self.higher_is_better else self.value > limit)
+        if not bad:
+            return None
+        what = f"{self.name} of {self.output!r}" if self.output != PRIMARY else self.name
+        return f"{what} {self.value:.4f} {'<' if self.higher_is_better else '>'} {limit:g}"
+
+
+@dataclass
 class Comparison:
     n: int
-    sqnr_db: float
+    sqnr_db: float  # the lowest over the outputs
     max_abs_err: float
     mean_abs_err: float
-    top1_agreement: float
+    top1_agreement: float | None  # classification outputs only (None where top-1 cannot fail)
     accuracy: float | None  # task accuracy of the artifact when labels are given
     reference_accuracy: float | None
     allclose: bool | None  # only computed when rtol/atol are set
@@ -40,6 +83,10 @@ class Comparison:
     failures: list[str] = field(default_factory=list)
     reference_std: float | None = None  # largest per-output std of the reference across the samples
     degenerate: bool = False  # the reference's outputs do not depend on its input: nothing can be verified
+    task: str | None = None
+    criteria: dict[str, float] = field(default_factory=dict)  # "<criterion>" or "<output>.<criterion>" -> value
+    outputs: dict[str, dict] = field(default_factory=dict)  # per output: sqnr_db, max/mean_abs_err, shape
+    notes: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -52,58 +99,115 @@ class Comparison:
 
     def summary(self) -> str:
         acc = "" if self.accuracy is None else f", accuracy {self.accuracy:.4f} (reference {self.reference_accuracy:.4f})"
+        crit = "".join(f", {k} {v:.4f}" for k, v in self.criteria.items() if k != "top1_agreement")
+        top1 = "" if self.top1_agreement is None else f", top-1 agreement {self.top1_agreement:.4f}"
         return (f"n={self.n}, SQNR {self.sqnr_db:.1f} dB, max|err| {self.max_abs_err:.3g}, mean|err| "
-                f"{self.mean_abs_err:.3g}, top-1 agreement {self.top1_agreement:.4f}{acc}")
+                f"{self.mean_abs_err:.3g}{top1}{crit}{acc}")
 
 
-def compare(reference: np.ndarray, actual: np.ndarray, labels: np.ndarray | None = None,
-            thresholds: Thresholds | None = None) -> Comparison:
-    """reference, actual: (N, C) outputs of the source model and of the artifact on the same N samples."""
-    ref = np.asarray(reference, dtype=np.float64)
-    act = np.asarray(actual, dtype=np.float64)
-    if ref.shape != act.shape:
-        raise ValueError(f"output shapes differ: reference {ref.shape}, artifact {act.shape}")
-    if not np.all(np.isfinite(act)):
-        bad = int(np.sum(~np.isfinite(act)))
-        th = asdict(thresholds) if thresholds else {}
-        return Comparison(len(ref), -math.inf, math.inf, math.inf, 0.0, None, None, False, th,
-                          [f"artifact produced {bad} non-finite values"])
+def _named(x: Any) -> dict[str, np.ndarray]:
+    if isinstance(x, dict):
+        return {k: np.asarray(v, dtype=np.float64) for k, v in x.items()}
+    return {PRIMARY: np.asarray(x, dtype=np.float64)}
+
+
+def _stats(ref: np.ndarray, act: np.ndarray) -> dict:
     err = np.abs(ref - act)
-    spread = reference_spread(ref)
-    ref_top = ref.reshape(len(ref), -1).argmax(1)
-    act_top = act.reshape(len(act), -1).argmax(1)
-    c = Comparison(
-        n=len(ref),
-        sqnr_db=sqnr_db(ref, act),
-        max_abs_err=float(err.max()) if err.size else 0.0,
-        mean_abs_err=float(err.mean()) if err.size else 0.0,
-        top1_agreement=float(np.mean(ref_top == act_top)) if len(ref) else 1.0,
-        accuracy=None if labels is None else float(np.mean(act_top == np.asarray(labels))),
-        reference_accuracy=None if labels is None else float(np.mean(ref_top == np.asarray(labels))),
-        allclose=None,
-        thresholds=asdict(thresholds) if thresholds else {},
-        reference_std=spread,
-        degenerate=spread is not None and spread <= DEGENERATE_STD * max(1.0, float(np.max(np.abs(ref)))),
-    )
+    return {"shape": list(ref.shape), "sqnr_db": sqnr_db(ref, act), "max_abs_err": float(err.max()) if err.size else 0.0,
+            "mean_abs_err": float(err.mean()) if err.size else 0.0}
+
+
+def compare(reference: Any, actual: Any, labels: np.ndarray | None = None, thresholds: Thresholds | None = None,
+            *, task: Any = None, inputs: dict | None = None) -> Comparison:
+    """reference, actual: the source model's and the artifact's outputs on the same N samples, as {name: (N, ...)}
+    (or one array for a single output). `task` (a Task or its name; default: classification for a single (N, C)
+    output, SQNR only otherwise) picks the criteria; `inputs` gives the padding mask for sequence outputs."""
+    ref, act = _named(reference), _named(actual)
+    if set(ref) != set(act) or any(ref[k].shape != act[k].shape for k in ref):
+        raise ValueError("output shapes differ: reference " + str({k: v.shape for k, v in ref.items()}) +
+                         ", artifact " + str({k: v.shape for k, v in act.items()}))
+    th = asdict(thresholds) if thresholds else {}
+    n = len(next(iter(ref.values()))) if ref else 0
+    bad = sum(int(np.sum(~np.isfinite(v))) for v in act.values())
+    if bad:
+        return Comparison(n, -math.inf, math.inf, math.inf, None, None, None, False, th,
+                          [f"artifact produced {bad} non-finite values"])
+    per = {k: _stats(ref[k], act[k]) for k in ref}
+    task_obj = _task(task, ref)
+    c = Comparison(n=n, sqnr_db=min(s["sqnr_db"] for s in per.values()),
+                   max_abs_err=max(s["max_abs_err"] for s in per.values()),
+                   mean_abs_err=float(np.mean([s["mean_abs_err"] for s in per.values()])), top1_agreement=None,
+                   accuracy=None, reference_accuracy=None, allclose=None, thresholds=th, outputs=per,
+                   task=task_obj.name if task_obj is not None else None)
+    crits = task_obj.verify_criteria(ref, act, inputs) if task_obj is not None else []
+    for cr in crits:
+        key = cr.name if cr.output == PRIMARY or len(ref) == 1 else f"{cr.output}.{cr.name}"
+        c.criteria[key] = cr.value
+    c.top1_agreement = next((cr.value for cr in crits if cr.name == "top1_agreement"), None)
+    _accuracy(c, task_obj, ref, act, labels)
+    _degenerate(c, ref, task_obj)
+    if task_obj is not None:
+        c.notes.extend(task_obj.verify_notes(ref))
+    if thresholds is not None:
+        _judge(c, ref, act, thresholds, crits)
+    return c
+
+
+def _task(task: Any, ref: dict):
+    from .tasks import Task, build_task, default_task
+
+    if isinstance(task, Task):
+        return task
+    if task is None:
+        return default_task(ref)
+    return build_task(task) if isinstance(task, str) else build_task(task["name"], {k: v for k, v in task.items()
+                                                                                   if k != "name"})
+
+
+def _accuracy(c: Comparison, task, ref: dict, act: dict, labels) -> None:
+    """Accuracy on the labels for a classification output of (N, C >= 2)."""
+    if labels is None or task is None or task.name != "classification":
+        return
+    out = task.primary_output(ref)
+    if out is None or ref[out].ndim != 2 or ref[out].shape[1] < 2:
+        return
+    y = np.asarray(labels).ravel()
+    c.accuracy = float(np.mean(act[out].argmax(1) == y))
+    c.reference_accuracy = float(np.mean(ref[out].argmax(1) == y))
+
+
+def _degenerate(c: Comparison, ref: dict, task) -> None:
+    out = (task.primary_output(ref) if task is not None else None) or next(iter(ref))
+    r = ref[out]
+    spread = reference_spread(r)
+    c.reference_std = spread
+    c.degenerate = spread is not None and spread <= DEGENERATE_STD * max(1.0, float(np.max(np.abs(r))))
     if c.degenerate:
         c.failures.append(f"degenerate reference: the PyTorch model's outputs are (nearly) the same for every sample "
                           f"(largest std across samples {spread:.3g}), so agreement with it proves nothing. Are the "
                           f"weights trained and loaded?")
-    if thresholds is None:
-        return c
-    t = thresholds
+
+
+def _judge(c: Comparison, ref: dict, act: dict, t: Thresholds, crits: list[Criterion]) -> None:
     if t.rtol is not None or t.atol is not None:
         rtol, atol = t.rtol or 0.0, t.atol or 0.0
-        c.allclose = bool(np.allclose(act, ref, rtol=rtol, atol=atol))
-        if not c.allclose:
-            worst = float(np.max(err - rtol * np.abs(ref)))
-            c.failures.append(f"outputs not within rtol={rtol:g}, atol={atol:g} (max|err| {c.max_abs_err:.3g}, "
-                              f"worst excess over rtol*|ref| {worst:.3g})")
-    if t.min_sqnr_db is not None and c.sqnr_db < t.min_sqnr_db:
-        c.failures.append(f"SQNR {c.sqnr_db:.2f} dB < {t.min_sqnr_db:g} dB")
-    if t.min_top1_agreement is not None and c.top1_agreement < t.min_top1_agreement:
-        c.failures.append(f"top-1 agreement {c.top1_agreement:.4f} < {t.min_top1_agreement:g}")
-    return c
+        c.allclose = all(bool(np.allclose(act[k], ref[k], rtol=rtol, atol=atol)) for k in ref)
+        for k in ref:
+            if not np.allclose(act[k], ref[k], rtol=rtol, atol=atol):
+                err = np.abs(ref[k] - act[k])
+                worst = float(np.max(err - rtol * np.abs(ref[k])))
+                name = "outputs" if len(ref) == 1 else f"output {k!r}"
+                c.failures.append(f"{name} not within rtol={rtol:g}, atol={atol:g} (max|err| {float(err.max()):.3g}, "
+                                  f"worst excess over rtol*|ref| {worst:.3g})")
+    if t.min_sqnr_db is not None:
+        for k, s in c.outputs.items():
+            if s["sqnr_db"] < t.min_sqnr_db:
+                name = "SQNR" if len(ref) == 1 else f"SQNR of {k!r}"
+                c.failures.append(f"{name} {s['sqnr_db']:.2f} dB < {t.min_sqnr_db:g} dB")
+    for cr in crits:
+        f = cr.failure(t)
+        if f:
+            c.failures.append(f)
 
 
 def thresholds_for(precision: Precision, overrides: dict | None = None) -> Thresholds:
@@ -118,6 +222,34 @@ def reference_spread(ref: np.ndarray) -> float | None:
     if len(ref) < 2 or ref.size == 0:
         return None
     return float(np.max(np.std(ref.reshape(len(ref), -1), axis=0)))
+
+
+# --- criteria on NumPy outputs (used by the tasks) -------------------------------------------------------------
+def top1_agreement(ref: np.ndarray, act: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """Share of positions whose arg-max over the last axis agrees; `keep` (same leading shape) selects positions."""
+    a, b = ref.argmax(-1), act.argmax(-1)
+    same = a == b
+    return float(same[keep].mean()) if keep is not None and keep.any() else float(same.mean())
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
+
+
+def mean_kl(ref: np.ndarray, act: np.ndarray, keep: np.ndarray | None = None) -> float:
+    """Mean over positions of KL(softmax(ref) || softmax(act)) over the last axis, in nats."""
+    lp, lq = log_softmax(ref), log_softmax(act)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    return float(kl[keep].mean()) if keep is not None and keep.any() else float(kl.mean())
+
+
+def cosine_mean(ref: np.ndarray, act: np.ndarray) -> float:
+    r = ref.reshape(len(ref), -1)
+    a = act.reshape(len(act), -1)
+    num = (r * a).sum(1)
+    den = np.linalg.norm(r, axis=1) * np.linalg.norm(a, axis=1)
+    return float(np.mean(num / np.maximum(den, 1e-30)))
 
 
 def accuracy_floor(recorded: float, n: int, thresholds: Thresholds) -> float:
@@ -140,25 +272,18 @@ def check_recorded_accuracy(c: Comparison, recorded: float | None, thresholds: T
 
 
 # --- is the artifact stored at the precision asked for? ------------------------------------------------------------
-_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "float": "float32", "half": "float16"}
 _STORAGE = {"float16": ("float16",), "int8": ("int8", "uint8"), "int4": ("int4", "uint4")}
 _COMPRESSION = {"lut4": "lut", "sparse": "sparse"}  # Core ML constexpr op name fragments
 _BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "int8": 8, "uint8": 8, "int4": 4, "uint4": 4}
 
 
 def weight_bytes(inspect: dict) -> dict[str, int]:
-    """dtype -> stored weight bytes from a target's inspect() (Core ML reports bytes under weight_dtypes)."""
+    """dtype -> stored weight bytes from a target's inspection record (Inspection.to_dict: always bytes)."""
     raw = inspect.get("weight_bytes")
     if not isinstance(raw, dict):
-        raw = inspect.get("weight_dtypes") if inspect.get("compression") is not None else None
-    if not isinstance(raw, dict):
         return {}
-    out: dict[str, int] = {}
-    for k, v in raw.items():
-        name = _DTYPE_NAMES.get(str(k).lower(), str(k).lower())
-        if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[name] = out.get(name, 0) + int(v)
-    return out
+    return {str(k).lower(): int(v) for k, v in raw.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def precision_check(precision: Precision, inspect: dict | None) -> dict:
@@ -177,9 +302,9 @@ def precision_check(precision: Precision, inspect: dict | None) -> dict:
     params = {k: 8 * v / _BITS[k] for k, v in wb.items() if k in _BITS}
     total = sum(params.values())
     if kind in _COMPRESSION:
-        ops = (inspect or {}).get("compression") or {}
+        ops = (inspect or {}).get("ops") or {}
         applied = any(_COMPRESSION[kind] in str(op) for op in ops)
-        evidence = f"compression ops {sorted(ops) or 'none'}"
+        evidence = f"compression ops {sorted(op for op in ops if 'constexpr' in str(op)) or 'none'}"
     else:
         at = sum(params.get(d, 0.0) for d in _STORAGE[kind])
         out["share"] = at / total if total else None

@@ -24,7 +24,7 @@ nn = torch.nn
 F = torch.nn.functional
 
 from ondevice.errors import ConfigError, ConversionError, UnsupportedOpError  # noqa: E402
-from ondevice.export import export, torch_outputs  # noqa: E402
+from ondevice.export import export, run_target, torch_outputs  # noqa: E402
 from ondevice.precision import PRECISIONS  # noqa: E402
 from ondevice.target import artifact_target, get_spec, get_target  # noqa: E402
 from ondevice.verify import compare  # noqa: E402
@@ -387,7 +387,7 @@ def test_mil_kernels_and_value_inference_fallback(target, tmp_path):
     path = _save_program(prog, tmp_path / "mil_ops.mlpackage", "iOS18")
     runner = target.load(path)
     x = np.random.default_rng(0).standard_normal((2, 3, 4)).astype(np.float32)
-    got = target.run(runner, x)
+    got = run_target(target, runner, x)
 
     # the same computation in float64 NumPy
     x64 = x.astype(np.float64)
@@ -485,8 +485,8 @@ def test_negative_control_perturbed_weight_fails_verification(trained_mlp, mlp_a
     assert new == pytest.approx(old * 1.01, rel=1e-6)
 
     th = Thresholds(**TIGHT, min_top1_agreement=0.999)
-    good = compare(ref, target.run(target.load(art.path), x), y, th)
-    moved = compare(ref, target.run(target.load(bad), x), y, th)
+    good = compare(ref, run_target(target, target.load(art.path), x), y, th)
+    moved = compare(ref, run_target(target, target.load(bad), x), y, th)
     print(f"measured on {len(x)} digits: untouched max|err| {good.max_abs_err:.3g}; weight {last.weight.name}[{i}] "
           f"{old:.5f} -> {new:.5f} (+1%): max|err| {moved.max_abs_err:.3g}")
     assert good.passed, good.failures
@@ -533,12 +533,12 @@ def test_any_batch_size_and_static_batch(trained_mlp, digits, target, tmp_path):
     runner = target.load(art.path)
     ref = torch_outputs(trained_mlp, x)
     for n in (1, 3, 7):
-        out = target.run(runner, x[:n])
+        out = run_target(target, runner, x[:n])
         assert out.shape == (n, 10) and out.dtype == np.float32
         np.testing.assert_allclose(out, ref[:n], rtol=1e-5, atol=1e-5)
-    assert target.run(runner, x[:0]).shape == (0, 10)
+    assert run_target(target, runner, x[:0]).shape == (0, 10)
     with pytest.raises(ValueError, match=r"expects samples of shape \(1, 8, 8\)"):
-        target.run(runner, np.zeros((2, 1, 8, 9), np.float32))
+        run_target(target, runner, np.zeros((2, 1, 8, 9), np.float32))
 
 
 def test_export_is_deterministic(trained_mlp, mlp_art, digits, tmp_path):

@@ -15,7 +15,7 @@ import torch.nn as nn
 from conformance_models import digits_case
 from helpers import export_case
 from ondevice.errors import ConfigError, ConversionError
-from ondevice.export import export, torch_outputs
+from ondevice.export import export, run_target, torch_outputs
 from ondevice.precision import get_precision
 from ondevice.target import get_target
 
@@ -41,7 +41,7 @@ def test_fp32_is_fully_delegated_and_matches_torch(mlp, tmp_path):
     assert mem["planned_bytes"] == sum(mem["non_const_buffer_sizes"][1:]) > 0
     tgt = get_target(TARGET)
     x = mlp.x_verify[:5]  # a batch-1 program runs any N (one sample per call)
-    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_target(tgt, tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
 
 
 def test_batch_option_pads_the_last_chunk(mlp, tmp_path):
@@ -49,7 +49,7 @@ def test_batch_option_pads_the_last_chunk(mlp, tmp_path):
     assert art.inspect["inputs"][0]["shape"] == [4, 1, 8, 8]
     tgt = get_target(TARGET)
     x = mlp.x_verify[:10]  # 4 + 4 + 2 (padded to 4)
-    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_target(tgt, tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match=r"option batch=0: must be >= 1"):
         export_case(mlp, TARGET, "fp32", tmp_path, batch=0)
 
@@ -69,7 +69,7 @@ def test_int8_static_ranges_come_from_the_calibration_samples(mlp):
     ex = (torch.from_numpy(mlp.calibration[:1]),)
 
     def first_activation_scale(cal: np.ndarray) -> float:
-        gm = tgt.quantize(mlp.model, prec, ex, cal)
+        gm = tgt.quantize(mlp.model, prec, ex, {"x": cal})  # calibration samples by input name
         q = next(n for n in gm.graph.nodes if n.op == "call_function" and "quantize_per_tensor" in str(n.target))
         return float(q.args[1])
 

@@ -14,7 +14,7 @@ from onnx import numpy_helper
 from conformance_models import digits_case
 from helpers import export_case
 from ondevice.errors import ConversionError
-from ondevice.export import export, torch_outputs
+from ondevice.export import export, run_target, torch_outputs
 from ondevice.target import get_spec, get_target
 
 TARGET = "onnxruntime"
@@ -41,7 +41,7 @@ def test_fp32_has_symbolic_batch_and_matches_torch(mlp, tmp_path):
     runner = tgt.load(art.path)
     for n in (1, 7):  # one call per batch, any size
         x = mlp.x_verify[:n]
-        np.testing.assert_allclose(tgt.run(runner, x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(run_target(tgt, runner, x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
 
 
 def test_static_batch_option_runs_any_batch(mlp, tmp_path):
@@ -49,7 +49,7 @@ def test_static_batch_option_runs_any_batch(mlp, tmp_path):
     assert art.inspect["dynamic_batch"] is False and art.inspect["inputs"][0]["shape"] == [1, 1, 8, 8]
     tgt = get_target(TARGET)
     x = mlp.x_verify[:5]  # looped one sample at a time inside run()
-    np.testing.assert_allclose(tgt.run(tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(run_target(tgt, tgt.load(art.path), x), torch_outputs(mlp.model, x), rtol=1e-4, atol=1e-5)
 
 
 def test_fp16_has_half_weights_and_float_io(mlp, tmp_path):
@@ -116,7 +116,7 @@ def test_set_threads_reaches_the_session_options(mlp, tmp_path):
     tgt.set_threads(1)
     runner = tgt.load(art.path)
     assert runner.session.get_session_options().intra_op_num_threads == 1
-    assert tgt.run(runner, mlp.x_verify[:3]).shape == (3, 10)
+    assert run_target(tgt, runner, mlp.x_verify[:3]).shape == (3, 10)
 
 
 class _Eig(nn.Module):

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from ondevice.errors import ConversionError, UnsupportedPrecisionError
-from ondevice.export import export
+from ondevice.export import export, run_target
 from ondevice.precision import get_precision
 from ondevice.target import get_target
 
@@ -172,7 +172,7 @@ def test_int8_io_is_quantized_with_the_tensors_own_parameters(artifacts, models,
     art = artifacts("cnn", "int8_static")
     out_q = art.inspect["outputs"][0]["quantization"]
     _, _, xt, _ = models["cnn"]
-    y = tflite.run(tflite.load(art.path), xt[:40])
+    y = run_target(tflite, tflite.load(art.path), xt[:40])
     assert y.dtype == np.float32 and y.shape == (40, 10)
     levels = y / out_q["scale"] + out_q["zero_point"]
     assert np.allclose(levels, np.round(levels), atol=1e-3)
@@ -185,10 +185,10 @@ def test_run_accepts_any_batch_size(artifacts, models, tflite, precision):
     assert art.inspect["inputs"][0]["shape"][0] == 1  # the artifact has a static batch of 1
     runner = tflite.load(art.path)
     _, _, xt, _ = models["cnn"]
-    one_by_one = np.concatenate([tflite.run(runner, xt[i:i + 1]) for i in range(67)])
+    one_by_one = np.concatenate([run_target(tflite, runner, xt[i:i + 1]) for i in range(67)])
     for n in (1, 5, 67):
-        np.testing.assert_array_equal(tflite.run(runner, xt[:n]), one_by_one[:n])
-    assert tflite.run(runner, xt[:0]).shape == (0, 10)
+        np.testing.assert_array_equal(run_target(tflite, runner, xt[:n]), one_by_one[:n])
+    assert run_target(tflite, runner, xt[:0]).shape == (0, 10)
 
 
 def test_set_threads_applies_to_new_loads(artifacts, models, tflite):
@@ -196,9 +196,9 @@ def test_set_threads_applies_to_new_loads(artifacts, models, tflite):
     _, _, xt, _ = models["mlp"]
     try:
         tflite.set_threads(2)
-        y2 = tflite.run(tflite.load(art.path), xt[:32])
+        y2 = run_target(tflite, tflite.load(art.path), xt[:32])
         tflite.set_threads(1)
-        y1 = tflite.run(tflite.load(art.path), xt[:32])
+        y1 = run_target(tflite, tflite.load(art.path), xt[:32])
     finally:
         tflite.set_threads(0)  # back to the runtime's default
     np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6)
@@ -211,8 +211,8 @@ def _check_nhwc(artifacts, models, tflite, precision: str) -> None:
     assert nhwc.inspect["inputs"][0]["shape"] == [1, 8, 8, 3]
     assert nhwc.inspect["input_layout"] == "NHWC"
     _, _, xt, _ = models["cnn"]  # (N, 3, 8, 8) NCHW
-    y_nchw = tflite.run(tflite.load(nchw.path), xt)
-    y_nhwc = tflite.run(tflite.load(nhwc.path), xt)  # run() transposes NCHW -> NHWC for the artifact
+    y_nchw = run_target(tflite, tflite.load(nchw.path), xt)
+    y_nhwc = run_target(tflite, tflite.load(nhwc.path), xt)  # run() transposes NCHW -> NHWC for the artifact
     if precision == "fp32":
         np.testing.assert_allclose(y_nhwc, y_nchw, rtol=1e-4, atol=1e-5)
     else:  # same calibration, same quantized graph up to layout: at most one output step apart
@@ -232,11 +232,11 @@ def test_nhwc_artifact_takes_nhwc_and_matches_the_nchw_export(artifacts, models,
     inp, out = it.get_input_details()[0], it.get_output_details()[0]
     it.set_tensor(inp["index"], np.ascontiguousarray(xt[:1].transpose(0, 2, 3, 1)))  # (1, 8, 8, 3)
     it.invoke()
-    y_ref = tflite.run(tflite.load(nchw.path), xt[:1])
+    y_ref = run_target(tflite, tflite.load(nchw.path), xt[:1])
     np.testing.assert_allclose(it.get_tensor(out["index"]), y_ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match=r"takes NCHW samples of shape \(3, 8, 8\) \(the artifact itself takes "
                                          r"NHWC \(8, 8, 3\).*got \(8, 8, 3\)"):
-        tflite.run(tflite.load(nhwc.path), xt[:2].transpose(0, 2, 3, 1))  # run() wants NCHW
+        run_target(tflite, tflite.load(nhwc.path), xt[:2].transpose(0, 2, 3, 1))  # run() wants NCHW
 
 
 @pytest.mark.slow

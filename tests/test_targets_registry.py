@@ -27,6 +27,7 @@ def scratch_registry(monkeypatch):
     target_names()  # discover the built-in targets first
     monkeypatch.setattr(target_mod.SPECS, "_items", dict(target_mod.SPECS._items))
     monkeypatch.setattr(target_mod, "_INSTANCES", dict(target_mod._INSTANCES))
+    monkeypatch.setenv(target_mod.REGISTERED_ENV, "")  # what register_target tells worker processes
 
 
 def test_builtin_targets_are_discovered():
@@ -88,14 +89,30 @@ def test_import_ondevice_imports_no_backend_sdk():
 FIFTH_TARGET = '''
 """A torch.export (.pt2) target: the program is saved with torch.export.save and run by torch.export.load."""
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ondevice.target import Target, TargetSpec
+from ondevice.target import IOTensor, Inspection, Signature, Target, TargetSpec, named_like_spec
 
 SPEC = TargetSpec(name="pt2", extra="pt2", requires=("torch",), precisions=("fp32",), suffix=".pt2",
-                  factory="ondevice_pt2_target:Pt2Target", description="torch.export program (.pt2)")
+                  factory="ondevice_pt2_target:Pt2Target", description="torch.export program (.pt2)",
+                  runtime_modules=("torch",))
+
+
+@dataclass
+class Runner:
+    module: object
+    signature: Signature
+
+
+def _io(ep):
+    user_inputs = set(ep.graph_signature.user_inputs)
+    inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    outputs = [a for n in ep.graph.nodes if n.op == "output" for a in n.args[0]]
+    one = lambda n, name: IOTensor(name, str(n.meta["val"].dtype).replace("torch.", ""), tuple(n.meta["val"].shape))
+    return Signature(tuple(one(n, n.name) for n in inputs), tuple(one(n, f"output_{i}") for i, n in enumerate(outputs)))
 
 
 class Pt2Target(Target):
@@ -108,30 +125,34 @@ class Pt2Target(Target):
         torch.export.save(torch.export.export(prepared.eval(), example_inputs), str(out))  # batch-1 program
         return Path(out)
 
-    def load(self, path):
+    def load(self, path, spec=None):
         import torch
 
-        return torch.export.load(str(path)).module()
+        ep = torch.export.load(str(path))
+        sig = _io(ep)
+        return Runner(ep.module(), named_like_spec(sig, spec, str(path)) if spec is not None else sig)
 
-    def run(self, runner, x):
+    def call(self, runner, feeds):  # one batch of the program's static batch (run() splits and pads)
         import torch
 
-        with torch.no_grad():  # the program has a static batch of 1: one sample per call
-            return np.concatenate([runner(torch.from_numpy(x[i:i + 1])).numpy() for i in range(len(x))])
+        with torch.no_grad():
+            ys = runner.module(*[torch.from_numpy(feeds[t.name]) for t in runner.signature.inputs])
+        ys = ys if isinstance(ys, tuple) else (ys,)
+        return {t.name: y.numpy() for t, y in zip(runner.signature.outputs, ys)}
 
     def inspect(self, path):
         import torch
 
         ep = torch.export.load(str(path))
         ops = Counter(str(n.target) for n in ep.graph.nodes if n.op == "call_function")
-        dtypes = Counter(str(t.dtype).replace("torch.", "") for t in ep.state_dict.values())
-        user_inputs = set(ep.graph_signature.user_inputs)
-        inputs = [n for n in ep.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
-        outputs = [a for n in ep.graph.nodes if n.op == "output" for a in n.args[0]]
-        io = lambda nodes: [{"name": n.name, "shape": list(n.meta["val"].shape),
-                             "dtype": str(n.meta["val"].dtype).replace("torch.", "")} for n in nodes]
-        return {"ops": dict(ops), "num_ops": sum(ops.values()), "weight_dtypes": dict(dtypes),
-                "inputs": io(inputs), "outputs": io(outputs)}
+        tensors = Counter(str(t.dtype).replace("torch.", "") for t in ep.state_dict.values())
+        nbytes = Counter()
+        for t in ep.state_dict.values():
+            nbytes[str(t.dtype).replace("torch.", "")] += t.numel() * t.element_size()
+        sig = _io(ep)
+        io = lambda ts: [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype} for t in ts]
+        return Inspection(format="pt2", ops=dict(ops), weight_bytes=dict(nbytes), weight_tensors=dict(tensors),
+                          inputs=io(sig.inputs), outputs=io(sig.outputs))
 '''
 
 
@@ -156,6 +177,16 @@ def test_a_fifth_target_works_through_the_export_verb(scratch_registry, tmp_path
     with pytest.raises(UnsupportedPrecisionError, match=r"target 'pt2' cannot produce precision 'int8_static'; "
                                                         r"it can do: fp32"):
         export(case.model, "pt2", "int8_static", out=tmp_path / "q", calibration=case.calibration)
+    # bench workers are other processes: they find the target registered here, and time it through the protocol
+    from ondevice.bench import BenchConfig, bench
+    from test_bench_common import FAST
+
+    report = bench([art.path], data=(case.x_verify[:64], case.y_verify[:64]), config=BenchConfig(**FAST),
+                   out_dir=None)
+    item = report["items"][0]
+    assert item["target"] == "pt2" and item["status"] == "ok", item["errors"]
+    assert item["runs"][0]["latency"]["n"] >= 16 and item["accuracy"]["accuracy"] > 0.9
+    assert item["verification"]["hash"] == "match" and item["verification"]["status"] == "verified"
     sys.modules.pop("ondevice_pt2_target", None)
 
 

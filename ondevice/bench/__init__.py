@@ -23,7 +23,7 @@ _LAZY = {
     "kl_mean": "accuracy", "retention": "accuracy",
     "MODES": "config", "BenchConfig": "config", "TorchModelRef": "config", "expand_artifacts": "config",
     "load_data": "config", "resolve_items": "config",
-    "PRECISION_COST": "energy", "count_graph": "energy", "estimate": "energy",
+    "precision_cost": "energy", "count_graph": "energy", "estimate": "energy",
     "SCHEMA_VERSION": "harness", "bench": "harness",
     "StopRule": "latency", "bootstrap_ci": "latency", "interleave": "latency", "latency_stats": "latency",
     "percentile": "latency",
@@ -49,6 +49,6 @@ __all__ = [
     "percentile", "bootstrap_ci", "latency_stats", "interleave", "StopRule",
     "kl_mean", "retention",
     "Profile", "load_profile", "load_profiles", "profile_from_dict", "builtin_profile_names",
-    "count_graph", "estimate", "PRECISION_COST",
+    "count_graph", "estimate", "precision_cost",
     "write_report", "load_report", "validate_report", "load_schema", "to_markdown", "to_html",
 ]

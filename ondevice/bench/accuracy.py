@@ -13,9 +13,16 @@ def _is_probabilities(y: np.ndarray) -> bool:
     return bool(np.all(y >= 0) and np.allclose(y.sum(axis=1), 1.0, atol=1e-3))
 
 
+def _rows(outputs: np.ndarray) -> np.ndarray:
+    """(N, C) as is; (N, T, V) language-model logits as (N*T, V): the class axis is the last one."""
+    y = np.asarray(outputs, dtype=np.float64)
+    return y.reshape(-1, y.shape[-1]) if y.ndim >= 3 else y.reshape(len(y), -1)
+
+
 def log_probs(outputs: np.ndarray) -> np.ndarray:
-    """(N, C) logits, log-probabilities or probabilities -> (N, C) float64 log-probabilities."""
-    y = np.asarray(outputs, dtype=np.float64).reshape(len(outputs), -1)  # (N, C)
+    """(N, C) logits, log-probabilities or probabilities -> (N, C) float64 log-probabilities ((N, T, V): per
+    position)."""
+    y = _rows(outputs)  # (N, C)
     if _is_probabilities(y):
         return np.log(np.clip(y, 1e-30, None))
     m = y.max(axis=1, keepdims=True)  # (N, 1)
@@ -29,8 +36,11 @@ def kl_mean(reference: np.ndarray, outputs: np.ndarray) -> float:
     return float(np.mean(np.sum(p * (lp - lq), axis=1)))
 
 
-def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    y = np.asarray(outputs).reshape(len(outputs), -1)
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float | None:
+    """Top-1 accuracy of (N, C) class scores on (N,) labels (None for other output shapes)."""
+    y = np.asarray(outputs)
+    if y.ndim != 2 or len(np.asarray(labels).ravel()) != len(y):
+        return None
     return float(np.mean(y.argmax(1) == np.asarray(labels).ravel()))
 
 
@@ -45,8 +55,7 @@ def retention(outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndar
             out.update({"retention": None, "top1_agreement": None, "kl_reference_model": None,
                         "error": f"output shape {outputs.shape} differs from the reference's {reference.shape}"})
             return out
-        out["top1_agreement"] = float(np.mean(reference.reshape(len(reference), -1).argmax(1)
-                                              == outputs.reshape(len(outputs), -1).argmax(1)))
+        out["top1_agreement"] = float(np.mean(_rows(reference).argmax(1) == _rows(outputs).argmax(1)))
         out["kl_reference_model"] = kl_mean(reference, outputs)
     else:
         out["top1_agreement"] = None

@@ -41,7 +41,10 @@ examples:
   ondevice bench runs/mnist/artifacts --data mnist \\
       --teacher ccexam_mnist_cnn --student mnist_small_cnn --student-weights runs/mnist/student.pt
   ondevice bench model.onnx model_int8.onnx --data test.npz --threads 1,2 --mode full --out bench_full
-  ondevice bench model.tflite --input-shape 1,1,28,28          # no data: synthetic inputs, no accuracy
+  ondevice bench model.tflite                                  # no data: inputs synthesised from the file
+  ondevice bench encoder.onnx --vocab 30522 --input-shape input_ids=1,128 --input-shape attention_mask=1,128
+  ondevice bench encoder.tflite --inputs samples.npz           # real samples: one array per input name
+  ondevice bench gru.onnx --state h_in=h_out                   # state carried from call to call
   ondevice bench --list-profiles
 exit codes: 0 report written and every item ok, 1 an item failed (unless --keep-going), 2 usage or input error,
             3 internal error (one-line summary + the path of a log with the traceback), 130/143 interrupted"""
@@ -57,17 +60,42 @@ def _ints(s: str) -> tuple[int, ...]:
     return vals
 
 
+def _shape_arg(s: str) -> tuple[str | None, tuple[int, ...]]:
+    """`1,1,28,28` (the only input) or `NAME=1,32` (one named input)."""
+    name, _, dims = s.rpartition("=")
+    return (name or None), _ints(dims)
+
+
+def _state_arg(s: str) -> tuple[str, str]:
+    inp, eq, out = s.partition("=")
+    if not eq or not inp or not out:
+        raise argparse.ArgumentTypeError(f"expected STATE_INPUT=STATE_OUTPUT (e.g. h_in=h_out), got {s!r}")
+    return inp, out
+
+
 def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("artifacts", nargs="*", metavar="ARTIFACT",
                    help="artifact files (.onnx .pte .tflite .mlpackage) or folders of them; an artifact's "
                         "<artifact>.json record (written by `ondevice export`) supplies its precision and verification")
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="test data: a dataset name from ondevice.data (mnist, digits, fashion-mnist, ...) "
-                                  "or a .npz file with arrays x (N, ...) float32 and y (N,) labels")
+    g.add_argument("--data", help="test data: a dataset name from ondevice.data (mnist, digits, fashion-mnist, "
+                                  "wordnet, ...) or a .npz file (see --inputs)")
+    g.add_argument("--inputs", metavar="FILE.npz",
+                   help="real samples for a model with any inputs: one array (N, ...) per input name, in the dtype "
+                        "the model takes (token ids as integers), plus optional labels y (N,)")
     g.add_argument("--limit", type=int, metavar="N", help="use only the first N test samples for accuracy")
-    g.add_argument("--input-shape", type=_ints, metavar="1,C,H,W",
-                   help="input shape (batch first) when no --data is given: latency and memory on synthetic inputs")
-    g.add_argument("--input-dtype", default="float32", help="dtype of synthetic inputs (default float32)")
+    g.add_argument("--input-shape", type=_shape_arg, action="append", default=[], metavar="[NAME=]1,...",
+                   help="without data, inputs are synthesised from the artifact's own signature (its fixed sizes and "
+                        "layout, e.g. NHWC for a channels-last .tflite, are read from the file); give the size of "
+                        "each dynamic dimension as NAME=1,32 (batch first, repeatable), or 1,C,H,W for a "
+                        "one-input model")
+    g.add_argument("--input-dtype", default="float32", help="dtype of synthetic inputs of eager models without "
+                                                            "artifacts (default float32)")
+    g.add_argument("--vocab", type=int, metavar="N", help="synthetic token ids are drawn from [0, N) (the "
+                                                          "tokenizer's vocabulary size); never negative")
+    g.add_argument("--state", type=_state_arg, action="append", default=[], metavar="IN=OUT",
+                   help="a stateful model: the output OUT is fed back into the input IN on the next call while "
+                        "timing (repeatable; synthetic state starts at zeros)")
     g = p.add_argument_group("eager PyTorch models (references: ondevice.models name, pkg.module:factory, or "
                              "path/to/file.py:factory)")
     g.add_argument("--teacher", metavar="REF", help="the teacher: the reference for retention, agreement and KL")
@@ -182,10 +210,16 @@ def main(args: argparse.Namespace) -> int:
 
         if not args.artifacts and not (args.teacher or args.student or args.model):
             raise ValueError("nothing to benchmark: give ARTIFACT files or folders, or --teacher/--student/--model")
+        if args.data and args.inputs:
+            raise ValueError("give either --data or --inputs, not both")
+        legacy = [dims for name, dims in args.input_shape if name is None]
         config = BenchConfig(
             mode=args.mode, threads=args.threads, batch_size=args.batch_size, min_queries=args.min_queries,
             min_seconds=args.min_seconds, max_seconds=args.max_seconds, profiles=args.profiles,
-            accuracy=not args.no_accuracy, accuracy_samples=args.limit, input_shape=args.input_shape,
+            accuracy=not args.no_accuracy, accuracy_samples=args.limit,
+            input_shape=legacy[-1] if legacy else None,
+            input_shapes={name: dims for name, dims in args.input_shape if name is not None},
+            vocab=args.vocab, state=dict(args.state),
             input_dtype=args.input_dtype, seed=args.seed, timeout_s=args.timeout, max_workers=args.max_workers,
             plots=not args.no_plots)
         teacher = _model_ref(args.teacher, "teacher") if args.teacher else None
@@ -195,7 +229,7 @@ def main(args: argparse.Namespace) -> int:
         if student and args.student_weights:
             student.weights = args.student_weights
         items = list(args.artifacts) + [_model_ref(m) for m in args.model]
-        report = bench(items, data=args.data, teacher=teacher, student=student, config=config, out_dir=args.out,
+        report = bench(items, data=args.data or args.inputs, teacher=teacher, student=student, config=config, out_dir=args.out,
                        force=args.force)
     except (OndeviceError, ConfigError, UnknownNameError, ValueError, FileNotFoundError,
             ImportError) as e:
@@ -203,6 +237,11 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     _print_summary(report)
     failed = [it["label"] for it in report["items"] if it["status"] != "ok"]
+    bad_input = [it["label"] for it in report["items"] if any(e.get("input_error") for e in it["errors"])]
+    if bad_input:  # the report is written; the inputs or files, not the runtimes, are at fault
+        print(f"ondevice bench: error: bad input for {', '.join(bad_input)} (see the messages above)",
+              file=sys.stderr)
+        return EXIT_USAGE
     if failed:
         print(f"ondevice bench: failed items: {', '.join(failed)}", file=sys.stderr)
         if args.strict or not args.keep_going:

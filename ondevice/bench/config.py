@@ -49,6 +49,9 @@ class BenchConfig:
     latency_samples: int = 1024
     input_shape: tuple[int, ...] | None = None  # with the batch dim, e.g. (1, 1, 28, 28); only without data
     input_dtype: str = "float32"
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # per input name, batch dim first
+    vocab: int | None = None  # synthetic token ids are drawn from [0, vocab)
+    state: dict[str, str] = field(default_factory=dict)  # state input -> the output fed back into it between calls
     seed: int = 0
     n_boot: int = 2000
     timeout_s: float = 600.0
@@ -74,11 +77,16 @@ class BenchConfig:
             raise ValueError(f"min_queries must be >= 1, got {self.min_queries}")
         if self.input_shape is not None:
             self.input_shape = tuple(int(d) for d in self.input_shape)
+        self.input_shapes = {k: tuple(int(d) for d in v) for k, v in dict(self.input_shapes or {}).items()}
+        if self.vocab is not None and int(self.vocab) < 1:
+            raise ValueError(f"vocab must be >= 1 (token ids are drawn from [0, vocab)), got {self.vocab}")
+        self.state = dict(self.state or {})
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["threads"] = list(self.threads)
         d["input_shape"] = list(self.input_shape) if self.input_shape else None
+        d["input_shapes"] = {k: list(v) for k, v in self.input_shapes.items()}
         d["profiles"] = self.profiles if isinstance(self.profiles, str) else [str(p) for p in self.profiles]
         return d
 
@@ -95,8 +103,8 @@ class TorchModelRef:
     weights: str | None = None
     kwargs: dict = field(default_factory=dict)
 
-    def engine_spec(self) -> dict:
-        return {"kind": "torch", "ref": self.ref,
+    def engine_spec(self, structure: Any = None) -> dict:
+        return {"kind": "torch", "ref": self.ref, "structure": structure,
                 "weights": str(Path(self.weights).resolve()) if self.weights else None, "kwargs": dict(self.kwargs)}
 
 
@@ -191,13 +199,14 @@ def resolve_items(items: Sequence[Any], teacher: TorchModelRef | None = None,
         else:
             raise TypeError(f"bench items must be artifact paths or TorchModelRef, got {type(it).__name__}")
     for p in expand_artifacts(paths):
-        target = artifact_target(p)
         side, side_error = _sidecar(p)
+        target = artifact_target(p, side)  # the record's target; the suffix only for a bare file
         precision = side.get("precision") if side else None
         label = _unique(f"{target}/{precision}" if precision else p.name, taken)
         taken.add(label)
         out.append(Item(label=label, kind="artifact", role="artifact",
-                        engine={"kind": "artifact", "target": target, "path": str(p.resolve())},
+                        engine={"kind": "artifact", "target": target, "path": str(p.resolve()),
+                                "input_spec": (side or {}).get("input_spec")},
                         target=target, precision=precision, path=str(p.resolve()), sidecar=side,
                         sidecar_error=side_error))
     if not out:
@@ -208,10 +217,20 @@ def resolve_items(items: Sequence[Any], teacher: TorchModelRef | None = None,
 # --- data --------------------------------------------------------------------------------------------------
 @dataclass
 class Data:
-    x: np.ndarray  # (N, ...) float32
+    """What every item is fed: named inputs (N, ...) each, labels, and where they came from."""
+
+    x: dict[str, np.ndarray]
     y: np.ndarray | None  # (N,) int labels or None
     source: str
     synthetic: bool = False
+    structure: Any = None  # how an eager model is called with the inputs (ondevice.tree.tree_structure)
+    origin: dict[str, str] = field(default_factory=dict)  # input name -> "real" or how it was synthesised
+
+    def __len__(self) -> int:
+        return len(next(iter(self.x.values())))
+
+    def take(self, n: int) -> dict[str, np.ndarray]:
+        return {k: v[:n] for k, v in self.x.items()}
 
 
 def _np(a) -> np.ndarray:
@@ -220,55 +239,75 @@ def _np(a) -> np.ndarray:
     return np.asarray(a)
 
 
-def load_data(data: Any, *, input_shape: Sequence[int] | None = None, input_dtype: str = "float32",
-              seed: int = 0, items: Sequence[Item] = ()) -> Data:
-    """(x, y) arrays/tensors, a .npz file with x and y, a dataset name from ondevice.data, or None.
+def _named(x) -> tuple[dict[str, np.ndarray], Any]:
+    """A tree of arrays/tensors -> ({name: array}, structure): names as ondevice.tree names leaves ("x" for one
+    tensor, dict keys, "input_<i>" for tuple positions). Float64 becomes float32; integers keep their dtype."""
+    from ondevice.export import as_tree
+    from ondevice.tree import tree_items, tree_structure
 
-    With None, latency runs on seeded synthetic inputs of `input_shape` (batch dim first) or of the first
-    artifact's recorded input shape; accuracy is then unavailable.
+    tree = as_tree(x)
+    named = {}
+    for k, t in tree_items(tree):
+        a = t.numpy()
+        named[k] = np.ascontiguousarray(a.astype(np.float32) if a.dtype == np.float64 else a)
+    return named, tree_structure(tree)
+
+
+LABEL_KEYS = ("y", "y_test", "Y", "labels", "label")
+
+
+def _npz(p: Path) -> Data:
+    """An .npz of real samples: one array per input name (or `x`), and optionally labels (`y` / `labels`)."""
+    if not p.is_file():
+        raise FileNotFoundError(f"data file {p} does not exist")
+    with np.load(p) as z:
+        yk = next((k for k in LABEL_KEYS if k in z.files), None)
+        keys = [k for k in z.files if k != yk]
+        if not keys:
+            raise ValueError(f"{p} holds no input arrays (found: {', '.join(z.files)}); save one array per input "
+                             f"name: np.savez(path, input_ids=ids, attention_mask=mask, y=labels)")
+        named = {k: np.ascontiguousarray(z[k].astype(np.float32) if z[k].dtype == np.float64 else z[k])
+                 for k in keys}
+        y = z[yk].astype(np.int64).ravel() if yk else None
+    lens = {k: len(v) for k, v in named.items()}
+    if len(set(lens.values())) != 1:
+        raise ValueError(f"{p}: every input needs the same number of samples (axis 0); got {lens}")
+    return Data(named, y, str(p), structure="tensor" if list(named) == ["x"] else ["dict", {k: "tensor"
+                                                                                             for k in named}],
+                origin={k: "real" for k in named})
+
+
+def load_data(data: Any, *, input_shape: Sequence[int] | None = None, input_dtype: str = "float32",
+              seed: int = 0, items: Sequence[Item] = (), config: Any = None) -> Data:
+    """(x, y) arrays/tensors (x may be a tuple or dict of inputs), a .npz file of named inputs (and labels), a dataset
+    name from ondevice.data, or None.
+
+    With None, every input is synthesised from the first artifact's signature (its record's input spec, else the
+    file itself): see `synthesize`. Accuracy is then unavailable; the report says the inputs are synthetic.
     """
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        x, y = _np(data[0]).astype(np.float32, copy=False), (None if data[1] is None else _np(data[1]))
-        return Data(np.ascontiguousarray(x), None if y is None else y.astype(np.int64).ravel(), "arrays given")
+        named, structure = _named(data[0])
+        y = None if data[1] is None else _np(data[1]).astype(np.int64).ravel()
+        return Data(named, y, "arrays given", structure=structure, origin={k: "real" for k in named})
     if isinstance(data, (str, os.PathLike)):
         s = str(data)
         if s.endswith(".npz"):
-            p = Path(s).expanduser()
-            if not p.is_file():
-                raise FileNotFoundError(f"data file {p} does not exist")
-            with np.load(p) as z:
-                xk = next((k for k in ("x", "x_test", "X") if k in z), None)
-                yk = next((k for k in ("y", "y_test", "Y", "labels") if k in z), None)
-                if xk is None:
-                    raise ValueError(f"{p} has no array named x (found: {', '.join(z.files)}); save it with "
-                                     f"np.savez(path, x=inputs, y=labels)")
-                x = np.ascontiguousarray(z[xk], dtype=np.float32)
-                y = z[yk].astype(np.int64).ravel() if yk else None
-            return Data(x, y, str(p))
+            return _npz(Path(s).expanduser())
         try:
             from ondevice.data import load_dataset
         except ImportError as e:
             raise ValueError(f"data {s!r} is not a .npz file and ondevice.data is not available ({e})") from None
         ds = load_dataset(s)
         split = ds.test if getattr(ds, "test", None) is not None else ds
-        x = np.ascontiguousarray(_np(split.x), dtype=np.float32)
+        named, structure = _named(split.x)
         y = getattr(split, "y", None)
-        return Data(x, None if y is None else _np(y).astype(np.int64).ravel(), f"dataset {s} (test split)")
+        return Data(named, None if y is None else _np(y).astype(np.int64).ravel(), f"dataset {s} (test split)",
+                    structure=structure, origin={k: "real" for k in named})
     if data is not None:
         raise TypeError(f"data must be (x, y), a .npz path or a dataset name, got {type(data).__name__}")
-    shape = tuple(input_shape) if input_shape else None
-    if shape is None:
-        for it in items:
-            ins = ((it.sidecar or {}).get("inspect") or {}).get("inputs") or []
-            if ins and all(isinstance(d, int) and d > 0 for d in ins[0].get("shape", [])):
-                shape = tuple(ins[0]["shape"])
-                break
-    if shape is None:
-        raise ValueError("no data given and the input shape is unknown: pass data (--data mnist or a .npz with x, y) "
-                         "or an input spec (--input-shape 1,1,28,28)")
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((256, *shape[1:])).astype(input_dtype)  # (256, ...) seeded synthetic samples
-    return Data(x, None, f"synthetic standard-normal inputs of shape {list(shape)} (seed {seed})", synthetic=True)
+    from .synth import synthesize
+
+    return synthesize(items, config, input_shape=input_shape, input_dtype=input_dtype, seed=seed)
 
 
 def config_fields() -> list[str]:

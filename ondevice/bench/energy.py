@@ -9,7 +9,8 @@ Counting (per inference of ONE sample, batch 1), from the source PyTorch model (
     peak activation = max over leaf modules of (input + output elements), the live set one layer needs.
 An artifact is costed with its source model's counts (the student it was exported from) and its own precision:
 weight bytes come from the artifact's weight dtypes (`inspect()["weight_bytes"]` when the target reports it,
-else parameters x bits-per-weight of the precision, see PRECISION_COST), activation bytes from the precision.
+else parameters x bits-per-weight of the precision on its target: `precision_cost`), activation bytes from the
+precision.
 
 Model (`estimate`), all *estimated* and labelled with the profile name:
   - weights are resident on chip when there is no separate weight storage and weights + peak activation fit
@@ -29,27 +30,28 @@ from typing import Any
 
 from .profiles import Profile
 
-# precision -> (compute kind, bits per stored weight, bits per activation element between layers)
-PRECISION_COST: dict[str, tuple[str, float, int]] = {
-    "fp32": ("float32", 32, 32),
-    "fp16": ("float16", 16, 16),
-    "int8_dynamic": ("int8", 8, 32),  # activations stay float between layers; quantized inside each op
-    "int8_static": ("int8", 8, 8),
-    "int8_weight_only": ("float32", 8, 32),  # weights dequantized, float arithmetic
-    "int4_weight_only": ("float32", 4, 32),
-    "palettize4": ("float16", 4, 16),  # 4-bit indices into a 16-entry LUT; Core ML computes in fp16
-    "prune50": ("float16", 9, 16),  # half the fp16 weights kept + a 1-bit mask per weight; MACs counted dense
-}
 ACCUMULATOR = {"float32": "float32", "float16": "float16", "int8": "int32"}
 
 
-def precision_cost(precision: str | None, compute_precision: str | None = None) -> tuple[str, float, int, bool]:
-    """(compute kind, weight bits, activation bits, assumed?) for a precision name (unknown -> fp32, assumed).
+def precision_cost(precision: str | None, compute_precision: str | None = None,
+                   target: str | None = None) -> tuple[str, float, int, bool]:
+    """(compute kind, weight bits, activation bits, assumed?) of `precision` on `target`: the target's TargetSpec
+    cost where it declares one, else the precision's own (ondevice.precision.Cost); unknown -> fp32, assumed.
 
-    compute_precision (an artifact's own float compute type, e.g. Core ML's "FLOAT16") overrides a float
-    compute kind and the float activation width."""
-    assumed = precision not in PRECISION_COST
-    k, wb, ab = PRECISION_COST["fp32" if assumed else precision]
+    compute_precision (an artifact's own float compute type, e.g. Core ML's "fp16") overrides a float compute
+    kind and the float activation width."""
+    from ondevice.precision import get_precision
+
+    if target and target != "pytorch":
+        from ondevice.target import get_spec
+
+        cost, assumed = get_spec(target).cost(precision)
+    else:
+        try:
+            cost, assumed = get_precision(precision).cost, False
+        except (ValueError, TypeError):
+            cost, assumed = get_precision("fp32").cost, True
+    k, wb, ab = cost.compute, cost.weight_bits, cost.activation_bits
     cp = str(compute_precision or "").lower()
     if k != "int8" and cp:
         if "16" in cp:
@@ -61,9 +63,13 @@ def precision_cost(precision: str | None, compute_precision: str | None = None) 
 
 # --- counting from the source model ------------------------------------------------------------------------
 def count_graph(model, example) -> dict:
-    """MACs and activation elements of one forward pass of `model` on `example` (a (1, ...) tensor)."""
+    """MACs and activation elements of one forward pass of `model` on `example`: one sample as the model takes it
+    (a (1, ...) tensor, or a tuple / dict of them: token ids and mask, state tensors). Input elements count every
+    input."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from ondevice.tree import call_model, tree_leaves
 
     leaves = [m for m in model.modules() if not list(m.children())]
     records: list[tuple[str, int, int]] = []  # (module type, input elements, output elements)
@@ -73,6 +79,8 @@ def count_graph(model, example) -> dict:
             return t.numel()
         if isinstance(t, (tuple, list)):
             return sum(_numel(v) for v in t)
+        if isinstance(t, dict):
+            return sum(_numel(v) for v in t.values())
         return 0
 
     def hook(mod, args, out):
@@ -81,12 +89,12 @@ def count_graph(model, example) -> dict:
     handles = [m.register_forward_hook(hook) for m in leaves]
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
-            out = model.eval()(example)
+            out = call_model(model.eval(), example)
     finally:
         for h in handles:
             h.remove()
     flops_by_op = {getattr(k, "__name__", str(k)): int(v) for k, v in fc.get_flop_counts().get("Global", {}).items()}
-    in_elems = int(example.numel())
+    in_elems = int(sum(t.numel() for t in tree_leaves(example)))
     out_elems = _numel(out)
     act = sum(o for _, _, o in records) if records else out_elems
     peak = max((i + o for _, i, o in records), default=in_elems + out_elems)
@@ -100,41 +108,31 @@ def count_graph(model, example) -> dict:
         "activation_elements": int(act),
         "peak_activation_elements": int(peak),
         "leaf_modules": len(records),
+        "inputs": len(tree_leaves(example)),
         "method": "torch FlopCounterMode (matmul/conv family; MACs = FLOPs/2) + forward hooks on leaf modules, "
-                  "one sample",
+                  "one sample (every input)",
     }
 
 
-def weight_bytes_for(graph: dict, precision: str | None, inspect: dict | None) -> tuple[int, str]:
-    """Stored weight bytes of an artifact, from the artifact's own weight dtypes where it reports them.
-
-    inspect()["weight_bytes"] (an int, or {dtype: bytes} as ONNX Runtime and TFLite report it) is used first;
-    then inspect()["weight_dtypes"] when its values are byte counts ({dtype: bytes}, as Core ML reports it) rather
-    than tensor counts -- told apart by size: a byte total is at least 0.3x the bytes the precision implies
-    (a tensor count is far below that);
-    else parameters x bits-per-weight of the precision (PRECISION_COST).
-    """
-    info = inspect or {}
-    wb = info.get("weight_bytes")
+def weight_bytes_for(graph: dict, precision: str | None, inspect: dict | None,
+                     target: str | None = None) -> tuple[int, str]:
+    """Stored weight bytes of an artifact: its inspection's `weight_bytes` (bytes per dtype, the same for every
+    target: ondevice.target.Inspection), else parameters x bits-per-weight of the precision on the target."""
+    wb = (inspect or {}).get("weight_bytes")
     if isinstance(wb, dict) and wb and all(isinstance(v, (int, float)) for v in wb.values()):
         wb = sum(wb.values())
     if isinstance(wb, (int, float)) and not isinstance(wb, bool) and wb > 0:
         return int(wb), "the artifact's stored weights by dtype (inspect: weight_bytes)"
-    _, wbits, _, assumed = precision_cost(precision)
+    _, wbits, _, assumed = precision_cost(precision, target=target)
     expected = int(math.ceil(graph["parameters"] * wbits / 8))
-    wd = info.get("weight_dtypes")
-    if isinstance(wd, dict) and wd and all(isinstance(v, (int, float)) for v in wd.values()):
-        total = sum(wd.values())
-        if total >= 0.3 * expected:
-            return int(total), "the artifact's stored weights by dtype (inspect: weight_dtypes, bytes)"
     src = f"{graph['parameters']} parameters x {wbits:g} bits ({precision or 'unknown precision, fp32 assumed'})"
     return expected, src
 
 
 def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes: int,
-             compute_precision: str | None = None) -> dict:
+             compute_precision: str | None = None, target: str | None = None) -> dict:
     """Energy / latency / rate / fit of one inference (batch 1) on `profile`. See the module docstring."""
-    kind, _, abits, assumed = precision_cost(precision, compute_precision)
+    kind, _, abits, assumed = precision_cost(precision, compute_precision, target)
     abytes = abits / 8.0
     macs = graph["macs"]
     act_traffic = (graph["input_elements"] + 2 * graph["activation_elements"]) * abytes

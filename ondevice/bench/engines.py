@@ -2,32 +2,21 @@
 
 Both expose the same small interface so the harness treats every item alike:
 
-    prepare()             import the runtime (before the memory baseline is taken)
-    set_threads(n)        before load (ExecuTorch cannot change its thread pool after loading)
+    prepare()                  import the runtime (before the memory baseline is taken)
+    set_threads(n)             before load (ExecuTorch cannot change its thread pool after loading)
     load() -> runner
-    run(runner, x)        float32 (N, ...) -> float32 (N, C); any N
-    bind(runner)          the callable the timing loop times (run without output conversion)
-    info() -> dict        size_bytes, size_kind, inspect, runtime_memory
+    run(runner, feeds)         {input name: (N, ...)} -> {output name: (N, ...)}; any N
+    bind(runner, feeds, carry) a zero-argument callable making exactly the runtime call on one prepared batch:
+                               what the timing loop times (state inputs fed from `carry` outputs between calls)
+    info() -> dict             size_bytes, size_kind, inspect, runtime_memory
     latency_measurable, latency_reason
 """
 from __future__ import annotations
 
-import functools
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-# Modules that make up each runtime, imported before the memory baseline so that the load figure is the
-# model's, not the SDK's. A target may declare its own with a `runtime_modules` attribute.
-_RUNTIME_MODULES = {
-    "onnxruntime": ("onnxruntime",),
-    "executorch": ("executorch.runtime",),
-    "tflite": ("ai_edge_litert.interpreter",),
-    "coreml": ("coremltools",),
-}
 
 
 def build_torch_model(ref: str, weights: str | None = None, kwargs: dict | None = None):
@@ -38,13 +27,14 @@ def build_torch_model(ref: str, weights: str | None = None, kwargs: dict | None 
 
 
 class TorchEngine:
-    """Eager PyTorch (CPU), `torch.inference_mode()`."""
+    """Eager PyTorch (CPU), `torch.inference_mode()`, called the way the input spec says (`structure`)."""
 
     latency_measurable = True
     latency_reason = None
 
-    def __init__(self, ref: str, weights: str | None = None, kwargs: dict | None = None):
+    def __init__(self, ref: str, weights: str | None = None, kwargs: dict | None = None, structure: Any = None):
         self.ref, self.weights, self.kwargs = ref, weights, dict(kwargs or {})
+        self.structure = structure
         self.target_name = "pytorch"
         self.model = None
 
@@ -64,74 +54,61 @@ class TorchEngine:
         self.model = build_torch_model(self.ref, self.weights, self.kwargs)
         return self.model
 
-    def run(self, runner, x: np.ndarray) -> np.ndarray:
+    def _tree(self, feeds: dict):
         import torch
+
+        from ondevice.tree import tree_from_leaves
+
+        leaves = [torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values()]
+        if self.structure is not None:
+            return tree_from_leaves(self.structure, leaves)
+        return leaves[0] if len(leaves) == 1 else tuple(leaves)
+
+    def run(self, runner, feeds: dict) -> dict:
+        import torch
+
+        from ondevice.spec import output_items
+        from ondevice.tree import call_model
 
         with torch.inference_mode():
-            y = runner(torch.from_numpy(x))
-        if isinstance(y, (tuple, list)):
-            y = y[0]
-        elif isinstance(y, dict):
-            y = next(iter(y.values()))
-        return y.detach().float().numpy()
+            y = call_model(runner, self._tree(feeds))
+        return {k: v.detach().float().numpy() for k, v in output_items(y)}
 
-    def bind(self, runner):
-        """The callable the timing loop times: one inference-mode forward pass."""
+    def bind(self, runner, feeds: dict, carry: dict | None = None):
+        """The callable the timing loop times: one inference-mode forward pass on prepared tensors."""
         import torch
 
-        def forward(x: np.ndarray):
+        from ondevice.tree import call_model
+
+        tree = self._tree(feeds)
+
+        def forward():
             with torch.inference_mode():
-                return runner(torch.from_numpy(x))
+                return call_model(runner, tree)
 
         return forward
 
-    def info(self) -> dict:
-        model = self.model
-        params = sum(p.numel() for p in model.parameters())
-        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        buffers = sum(b.numel() * b.element_size() for b in model.buffers())
-        modules: dict[str, int] = {}
-        for m in model.modules():
-            if not list(m.children()):
-                modules[type(m).__name__] = modules.get(type(m).__name__, 0) + 1
-        dtypes: dict[str, int] = {}
-        for p in model.parameters():
-            k = str(p.dtype).replace("torch.", "")
-            dtypes[k] = dtypes.get(k, 0) + p.numel() * p.element_size()
-        if self.weights and Path(self.weights).is_file():
-            size, kind = Path(self.weights).stat().st_size, "weights file"
-        else:
-            size, kind = param_bytes + buffers, "parameters and buffers in memory"
-        return {
-            "size_bytes": int(size),
-            "size_kind": kind,
-            "inspect": {"parameters": int(params), "modules": modules, "weight_dtypes": dtypes,
-                        "weight_bytes": int(param_bytes)},
-            "runtime_memory": {},
-        }
-
+    def example(self, feeds: dict):
+        """One sample as the model takes it (for MAC counting)."""
+        return self._tree({k: v[:1] for k, v in feeds.items()})
 
 class ArtifactEngine:
-    """An exported artifact run through `ondevice.target.get_target(target)`."""
+    """An exported artifact run through `ondevice.target.get_target(target)`; `spec` is the input spec from its
+    record (None for a bare file: the artifact's own names)."""
 
-    def __init__(self, target: str, path: str):
+    def __init__(self, target: str, path: str, spec: dict | None = None):
         from ondevice.target import get_target
 
         self.path = Path(path)
         self.target_name = target
         self.target = get_target(target)
-        self.latency_measurable = bool(getattr(self.target, "latency_measurable", True))
-        self.latency_reason = None
-        if not self.latency_measurable:
-            self.latency_reason = (getattr(self.target, "latency_note", None)
-                                   or getattr(self.target, "latency_reason", None)
-                                   or getattr(self.target, "latency_not_measurable_reason", None)
-                                   or getattr(self.target, "reason", None)
-                                   or f"target {target!r} has no runtime on this platform")
+        self.spec = spec
+        self.latency_measurable, self.latency_reason = self.target.latency()
 
     def prepare(self) -> None:
-        mods = getattr(self.target, "runtime_modules", None) or _RUNTIME_MODULES.get(self.target_name, ())
-        for m in mods:
+        import importlib
+
+        for m in self.target.spec.runtime_modules:
             try:
                 importlib.import_module(m)
             except ImportError:
@@ -141,22 +118,34 @@ class ArtifactEngine:
         self.target.set_threads(int(n))
 
     def load(self):
+        from ondevice.spec import InputSpec
+
         if not self.path.exists():
             raise FileNotFoundError(f"artifact {self.path} does not exist")
-        return self.target.load(self.path)
+        return self.target.load(self.path, InputSpec.from_dict(self.spec) if self.spec else None)
 
-    def run(self, runner, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.target.run(runner, x), dtype=np.float32)
+    def _named(self, runner, feeds: dict) -> dict:
+        """Feeds under the artifact's names: one input is matched by position when its name differs (an image
+        array called 'x' in a .npz, 'args_0' in a bare .tflite)."""
+        names = self.target.signature(runner).input_names
+        if len(names) == 1 and len(feeds) == 1 and names[0] not in feeds:
+            return {names[0]: next(iter(feeds.values()))}
+        return feeds
 
-    def bind(self, runner):
-        """The callable the timing loop times: the target's own run on this runner, nothing around it."""
-        return functools.partial(self.target.run, runner)
+    def run(self, runner, feeds: dict) -> dict:
+        return self.target.run(runner, self._named(runner, feeds))
+
+    def bind(self, runner, feeds: dict, carry: dict | None = None):
+        """The callable the timing loop times: the runtime call itself on prepared feeds (Target.bind)."""
+        prepared = self.target.prepare(runner, self._named(runner, feeds))
+        return self.target.bind(runner, prepared, carry)
 
     def info(self) -> dict:
         out: dict[str, Any] = {"size_bytes": int(self.target.size(self.path)), "size_kind": "artifact on disk"}
         for key, fn in (("inspect", self.target.inspect), ("runtime_memory", self.target.runtime_memory)):
             try:
-                out[key] = fn(self.path) or {}
+                res = fn(self.path) or {}
+                out[key] = res.to_dict() if hasattr(res, "to_dict") else res
             except Exception as e:  # inspection is informative; a failure here must not fail the benchmark
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
         return out
@@ -164,7 +153,7 @@ class ArtifactEngine:
 
 def make_engine(spec: dict):
     if spec["kind"] == "torch":
-        return TorchEngine(spec["ref"], spec.get("weights"), spec.get("kwargs"))
+        return TorchEngine(spec["ref"], spec.get("weights"), spec.get("kwargs"), spec.get("structure"))
     if spec["kind"] == "artifact":
-        return ArtifactEngine(spec["target"], spec["path"])
+        return ArtifactEngine(spec["target"], spec["path"], spec.get("input_spec"))
     raise ValueError(f"unknown engine kind {spec['kind']!r}; valid: torch, artifact")

@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 
 
 def _err(stage: str, e: Exception, threads: int | None = None) -> dict:
-    d = {"stage": stage, "threads": threads, "message": str(e)}
+    d = {"stage": stage, "threads": threads, "message": str(e), "input_error": bool(getattr(e, "input_error", False))}
     if isinstance(e, WorkerError):
         d["stderr_tail"] = e.stderr_tail[-2000:]
         if e.traceback_text:
@@ -94,7 +94,7 @@ def bench(items: Sequence[Any] = (), *, data: Any = None, teacher: TorchModelRef
     resolved = resolve_items(items, teacher, student)
     profiles = load_profiles(config.profiles)
     ds = load_data(data, input_shape=config.input_shape, input_dtype=config.input_dtype, seed=config.seed,
-                   items=resolved)
+                   items=resolved, config=config)
     if out_dir is not None:  # inputs are sound: claim the report folder before measuring anything
         from ondevice.outdir import claim
 
@@ -153,12 +153,12 @@ def _groups(items: list[Item], n_threads: int, max_workers: int) -> list[list[in
 
 def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profile], work: Path,
          machine_before: dict) -> dict:
-    n_lat = min(len(ds.x), config.latency_samples)
-    lat_path, eval_path = work / "latency_inputs.npy", work / "eval_x.npy"
-    np.save(lat_path, ds.x[:n_lat])
-    n_eval = len(ds.x) if config.accuracy_samples is None else min(len(ds.x), config.accuracy_samples)
+    n_lat = min(len(ds), config.latency_samples)
+    lat_path, eval_path = work / "latency_inputs.npz", work / "eval_x.npz"
+    np.savez(lat_path, **ds.take(n_lat))  # {input name: (n, ...)}
+    n_eval = len(ds) if config.accuracy_samples is None else min(len(ds), config.accuracy_samples)
     eval_y = ds.y[:n_eval] if ds.y is not None else None
-    np.save(eval_path, ds.x[:n_eval])
+    np.savez(eval_path, **ds.take(n_eval))
     paths = {"latency": lat_path, "eval": eval_path, "work": work}
 
     variants = [_Variant(i, it, t) for i, it in enumerate(items) for t in config.threads]
@@ -185,9 +185,9 @@ def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profil
 def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant], ds: Data, n_eval: int,
                    paths: dict, config: BenchConfig, res: _Results, tag: str = "bench") -> None:
     timeout = config.timeout_s
-    init_kw = {v.key: {"engine": v.item.engine, "threads": v.threads} for v in variants}
+    init_kw = {v.key: {"engine": _engine(v.item, ds), "threads": v.threads} for v in variants}
     for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(paths["latency"]),
-                           batch_size=config.batch_size).items():
+                           batch_size=config.batch_size, carry=config.state).items():
         next(v for v in variants if v.key == k).init = r
     # items without a runtime here keep only their first worker (for numerics through the reference evaluator)
     for v in variants:
@@ -276,6 +276,11 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
             res.graph_errors[i] = str(e)
 
 
+def _engine(item: Item, ds: Data) -> dict:
+    """The worker's engine spec; an eager model is called the way the data's inputs are structured."""
+    return {**item.engine, "structure": ds.structure} if item.kind == "pytorch" else item.engine
+
+
 def _accuracy_pass(item: Item, i: int, v: _Variant, paths: dict, config: BenchConfig, n_eval: int,
                    res: _Results) -> None:
     """One pass of item i over the evaluation samples in worker v; its outputs (or error) go into res."""
@@ -307,133 +312,163 @@ def _source_index(items: list[Item]) -> int | None:
     return None
 
 
-def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res: _Results, n_groups: int,
-              machine_before, machine_after) -> dict:
-    infos, progress, schedule, outputs = res.infos, res.progress, res.schedule, res.outputs
-    acc_errors, graphs, graph_errors = res.acc_errors, res.graphs, res.graph_errors
-    mlabel = measured_label(machine_before)
-    rapl_zones, rapl_reason = host_energy_source()
+@dataclass
+class _Ctx:
+    """What every report item is assembled against."""
+
+    items: list
+    config: BenchConfig
+    profiles: list
+    res: _Results
+    eval_y: np.ndarray | None
+    mlabel: str
+    ref_idx: int | None
+    ref_out: np.ndarray | None
+    ref_acc: float | None
+    ref_label: str | None
+    src_idx: int | None
+    rapl: tuple
+
+
+def _context(items, config, profiles, res: _Results, eval_y, machine_before) -> _Ctx:
+    outputs = res.outputs
     ref_idx = next((i for i, it in enumerate(items) if it.role == "teacher" and i in outputs), None)
     if ref_idx is None:
         ref_idx = next((i for i, it in enumerate(items) if it.role == "student" and i in outputs), None)
     ref_out = outputs.get(ref_idx) if ref_idx is not None else None
     ref_acc = acc.accuracy(ref_out, eval_y) if (ref_out is not None and eval_y is not None) else None
-    ref_label = items[ref_idx].label if ref_idx is not None else None
-    src_idx = _source_index(items)
-    warnings: list[str] = []
+    return _Ctx(items, config, profiles, res, eval_y, measured_label(machine_before), ref_idx, ref_out, ref_acc,
+                items[ref_idx].label if ref_idx is not None else None, _source_index(items), host_energy_source())
+
+
+def _run_record(v: _Variant, ctx: _Ctx, measurable: bool) -> dict:
+    """One (item, threads) run: latency statistics, warm-up, load time, memory, host energy."""
+    config = ctx.config
+    run: dict[str, Any] = {"threads": v.threads, "status": "ok", "error": v.error,
+                           "omp_num_threads": (v.init.get("thread_env") or {}).get("OMP_NUM_THREADS")}
+    if v.error:
+        run["status"] = "failed"
+    elif v.init and not v.init.get("latency_measurable", True):
+        run["status"] = "not_measurable"
+    pr = ctx.res.progress.get(v.key)
+    run["latency"] = None
+    if pr is not None and pr.latencies_ns:
+        st = latency_stats(pr.latencies_ns, batch_size=config.batch_size, seed=config.seed, n_boot=config.n_boot)
+        st.update({"chunks": pr.chunks, "queries_per_chunk": v.chunk_n})
+        run["latency"] = st
+    run["warmup"] = v.warmup or None
+    run["load_seconds"] = v.load.get("load_seconds") if v.load else None
+    run["memory"] = None
+    if v.load and measurable:
+        run["memory"] = {
+            "baseline_rss_bytes": v.init.get("baseline_rss_bytes"),
+            "load_peak_rss_above_baseline": v.load.get("load_peak_rss_above_baseline"),
+            "rss_after_load_above_baseline": v.load.get("rss_after_load_above_baseline"),
+            "run_peak_rss_above_baseline": v.memory.get("run_peak_rss_above_baseline") if v.memory else None,
+        }
+    run["host_energy"] = None
+    if v.energy_uj and pr is not None and pr.latencies_ns:
+        n_inf = len(pr.latencies_ns) * config.batch_size
+        run["host_energy"] = {"label": ctx.mlabel + " (host package counters, all processes)",
+                              "joules_per_inference": sum(v.energy_uj) * 1e-6 / n_inf}
+    return run
+
+
+def _accuracy_record(i: int, it: Item, ctx: _Ctx, measurable: bool, reason: str | None) -> dict | None:
+    outputs, acc_errors = ctx.res.outputs, ctx.res.acc_errors
+    if i in outputs:
+        a = acc.retention(outputs[i], ctx.eval_y, ctx.ref_out, ctx.ref_acc, ctx.ref_label)
+        a["label"] = ctx.mlabel
+        a["evaluated_with"] = (f"{it.target} runtime" if measurable
+                               else f"{it.target}'s reference evaluator ({reason})")
+        return a
+    if i in acc_errors:
+        return {"error": acc_errors[i]["message"]}
+    return None
+
+
+def _energy_record(i: int, it: Item, info: dict, ctx: _Ctx) -> dict:
+    """Estimated energy per device profile, from the MACs counted on the eager source model."""
+    res = ctx.res
+    graph_i = i if it.kind == "pytorch" else ctx.src_idx
+    graph = res.graphs.get(graph_i) if graph_i is not None else None
+    energy: dict[str, Any] = {"estimated": None, "estimated_reason": None, "graph": None, "graph_source": None}
+    if graph is not None and it.kind == "artifact" and not info:
+        energy["estimated_reason"] = "the artifact could not be loaded and inspected (see errors)"
+    elif graph is not None:
+        target = None if it.kind == "pytorch" else it.target
+        wb, wsrc = weight_bytes_for(graph, it.precision, info.get("inspect"), target)
+        if it.kind == "pytorch":
+            wsrc = "the eager model's parameters (inspect: weight_bytes)"
+        cprec = (info.get("inspect") or {}).get("compute_precision")
+        energy.update(graph=graph, weight_bytes=wb, weight_bytes_source=wsrc,
+                      graph_source=(f"counted on {ctx.items[graph_i].label} (PyTorch)" if graph_i != i
+                                    else "counted on this model (PyTorch)"),
+                      estimated=[estimate(p, graph, it.precision, wb, cprec, target) for p in ctx.profiles])
+    else:
+        energy["estimated_reason"] = (res.graph_errors.get(graph_i) if graph_i is not None and graph_i in
+                                      res.graph_errors else "no source PyTorch model to count MACs from: pass the "
+                                                            "student (--student) the artifacts were exported from")
+    rapl_zones, rapl_reason = ctx.rapl
+    energy["measured_host"] = {"available": bool(rapl_zones), "reason": rapl_reason}
+    return energy
+
+
+def _sidecar_summary(it: Item) -> dict | None:
+    if not it.sidecar:
+        return None
+    out = {k: it.sidecar.get(k) for k in ("status", "precision", "target", "size_bytes", "error")}
+    ver = it.sidecar.get("verification") or {}
+    out["verification"] = {k: ver.get(k) for k in ("n", "sqnr_db", "top1_agreement", "max_abs_err", "accuracy",
+                                                   "passed", "criteria", "task") if k in ver} or None
+    return out
+
+
+def _item_record(i: int, it: Item, variants: list[_Variant], ctx: _Ctx) -> dict:
+    its = [v for v in variants if v.idx == i]
+    first = next((v for v in its if v.init), None)
+    measurable = all(v.init.get("latency_measurable", True) for v in its if v.init)
+    reason = next((v.init.get("latency_reason") for v in its if v.init.get("latency_reason")), None)
+    info = ctx.res.infos.get(i, {})
+    errors = [v.error for v in its if v.error] + ([ctx.res.acc_errors[i]] if i in ctx.res.acc_errors else [])
+    src_out = ctx.res.outputs.get(ctx.src_idx) if ctx.src_idx is not None else None
+    status, verification = _item_status(it, its, errors, ctx.res.outputs.get(i), src_out, ctx.eval_y,
+                                        info.get("inspect"))
+    return {
+        "label": it.label, "kind": it.kind, "role": it.role, "target": it.target, "precision": it.precision,
+        "path": it.path, "ref": it.ref, "weights": it.weights, "status": status, "errors": errors,
+        "size_bytes": info.get("size_bytes"), "size_kind": info.get("size_kind"),
+        "inspect": _trim(info.get("inspect")), "runtime_memory": info.get("runtime_memory"),
+        "sidecar": _sidecar_summary(it), "verification": verification,
+        "latency": {"label": ctx.mlabel, "measurable": measurable, "reason": reason,
+                    "batch_size": ctx.config.batch_size},
+        "memory": {"label": ctx.mlabel, "method": first.init.get("memory_method") if first else None,
+                   "measurable": measurable,
+                   "reason": None if measurable else f"memory of the reference evaluator is not the runtime's "
+                                                     f"({reason})",
+                   "file_size_bytes": info.get("size_bytes"), "runtime_memory": info.get("runtime_memory")},
+        "runs": [_run_record(v, ctx, measurable) for v in its],
+        "accuracy": _accuracy_record(i, it, ctx, measurable, reason),
+        "energy": _energy_record(i, it, info, ctx),
+    }
+
+
+def _warnings(ds: Data, ctx: _Ctx) -> list[str]:
+    out = []
     if ds.synthetic:
-        warnings.append("no data given: latency and memory ran on synthetic inputs; accuracy is unavailable")
-    if ref_idx is not None and items[ref_idx].role != "teacher":
-        warnings.append(f"no teacher given: retention, agreement and KL are relative to {ref_label}")
+        out.append("no data given: latency and memory ran on synthetic inputs (" + "; ".join(
+            f"{k}: {v}" for k, v in ds.origin.items()) + "); accuracy is unavailable")
+    if ctx.ref_idx is not None and ctx.items[ctx.ref_idx].role != "teacher":
+        out.append(f"no teacher given: retention, agreement and KL are relative to {ctx.ref_label}")
+    return out
 
-    report_items = []
-    for i, it in enumerate(items):
-        its = [v for v in variants if v.idx == i]
-        first = next((v for v in its if v.init), None)
-        measurable = all(v.init.get("latency_measurable", True) for v in its if v.init)
-        reason = next((v.init.get("latency_reason") for v in its if v.init.get("latency_reason")), None)
-        info = infos.get(i, {})
-        errors = [v.error for v in its if v.error] + ([acc_errors[i]] if i in acc_errors else [])
-        runs = []
-        for v in its:
-            run: dict[str, Any] = {"threads": v.threads, "status": "ok", "error": v.error,
-                                   "omp_num_threads": (v.init.get("thread_env") or {}).get("OMP_NUM_THREADS")}
-            if v.error:
-                run["status"] = "failed"
-            elif v.init and not v.init.get("latency_measurable", True):
-                run["status"] = "not_measurable"
-            pr = progress.get(v.key)
-            if pr is not None and pr.latencies_ns:
-                st = latency_stats(pr.latencies_ns, batch_size=config.batch_size, seed=config.seed,
-                                   n_boot=config.n_boot)
-                st.update({"chunks": pr.chunks, "queries_per_chunk": v.chunk_n})
-                run["latency"] = st
-            else:
-                run["latency"] = None
-            run["warmup"] = v.warmup or None
-            run["load_seconds"] = v.load.get("load_seconds") if v.load else None
-            if v.load and measurable:
-                run["memory"] = {
-                    "baseline_rss_bytes": v.init.get("baseline_rss_bytes"),
-                    "load_peak_rss_above_baseline": v.load.get("load_peak_rss_above_baseline"),
-                    "rss_after_load_above_baseline": v.load.get("rss_after_load_above_baseline"),
-                    "run_peak_rss_above_baseline": v.memory.get("run_peak_rss_above_baseline") if v.memory else None,
-                }
-            else:
-                run["memory"] = None
-            if v.energy_uj and pr is not None and pr.latencies_ns:
-                n_inf = len(pr.latencies_ns) * config.batch_size
-                run["host_energy"] = {"label": mlabel + " (host package counters, all processes)",
-                                      "joules_per_inference": sum(v.energy_uj) * 1e-6 / n_inf}
-            else:
-                run["host_energy"] = None
-            runs.append(run)
 
-        # accuracy
-        accuracy = None
-        if i in outputs:
-            accuracy = acc.retention(outputs[i], eval_y, ref_out, ref_acc, ref_label)
-            accuracy["label"] = mlabel
-            if not measurable:
-                accuracy["evaluated_with"] = f"{it.target}'s reference evaluator ({reason})"
-            else:
-                accuracy["evaluated_with"] = f"{it.target} runtime"
-        elif i in acc_errors:
-            accuracy = {"error": acc_errors[i]["message"]}
-
-        # energy estimates
-        graph_i = i if it.kind == "pytorch" else src_idx
-        graph = graphs.get(graph_i) if graph_i is not None else None
-        energy: dict[str, Any] = {"estimated": None, "estimated_reason": None, "graph": None, "graph_source": None}
-        if graph is not None and it.kind == "artifact" and not info:
-            energy["estimated_reason"] = "the artifact could not be loaded and inspected (see errors)"
-        elif graph is not None:
-            wb, wsrc = weight_bytes_for(graph, it.precision, info.get("inspect"))
-            if it.kind == "pytorch":
-                wsrc = "the eager model's parameters (inspect: weight_bytes)"
-            cprec = (info.get("inspect") or {}).get("compute_precision")
-            energy["graph"] = graph
-            energy["graph_source"] = (f"counted on {items[graph_i].label} (PyTorch)" if graph_i != i
-                                      else "counted on this model (PyTorch)")
-            energy["weight_bytes"] = wb
-            energy["weight_bytes_source"] = wsrc
-            energy["estimated"] = [estimate(p, graph, it.precision, wb, cprec) for p in profiles]
-        else:
-            energy["estimated_reason"] = (graph_errors.get(graph_i) if graph_i is not None and graph_i in graph_errors
-                                          else "no source PyTorch model to count MACs from: pass the student "
-                                               "(--student) the artifacts were exported from")
-        energy["measured_host"] = {"available": bool(rapl_zones), "reason": rapl_reason}
-
-        src_out = outputs.get(src_idx) if src_idx is not None else None
-        status, verification = _item_status(it, its, errors, outputs.get(i), src_out, eval_y, info.get("inspect"))
-        sidecar = None
-        if it.sidecar:
-            sidecar = {k: it.sidecar.get(k) for k in ("status", "precision", "target", "size_bytes", "error")}
-            ver = it.sidecar.get("verification") or {}
-            sidecar["verification"] = {k: ver.get(k) for k in ("n", "sqnr_db", "top1_agreement", "max_abs_err",
-                                                               "accuracy", "passed") if k in ver} or None
-        report_items.append({
-            "label": it.label, "kind": it.kind, "role": it.role, "target": it.target, "precision": it.precision,
-            "path": it.path, "ref": it.ref, "weights": it.weights, "status": status, "errors": errors,
-            "size_bytes": info.get("size_bytes"), "size_kind": info.get("size_kind"),
-            "inspect": _trim(info.get("inspect")), "runtime_memory": info.get("runtime_memory"),
-            "sidecar": sidecar,
-            "verification": verification,
-            "latency": {"label": mlabel, "measurable": measurable, "reason": reason,
-                        "batch_size": config.batch_size},
-            "memory": {"label": mlabel, "method": first.init.get("memory_method") if first else None,
-                       "measurable": measurable,
-                       "reason": None if measurable else f"memory of the reference evaluator is not the runtime's "
-                                                         f"({reason})",
-                       "file_size_bytes": info.get("size_bytes"), "runtime_memory": info.get("runtime_memory")},
-            "runs": runs,
-            "accuracy": accuracy,
-            "energy": energy,
-        })
-
-    # Pareto front at the first thread count
+def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res: _Results, n_groups: int,
+              machine_before, machine_after) -> dict:
+    ctx = _context(items, config, profiles, res, eval_y, machine_before)
+    report_items = [_item_record(i, it, variants, ctx) for i, it in enumerate(items)]
     t0 = config.threads[0]
-    points = []
+    points = []  # Pareto front at the first thread count
     for r in report_items:
         run = next((x for x in r["runs"] if x["threads"] == t0), None)
         if run and run.get("latency") and r.get("accuracy") and r["accuracy"].get("accuracy") is not None:
@@ -441,28 +476,32 @@ def _assemble(items, variants, ds, eval_y, n_lat, n_eval, config, profiles, res:
     chain = [it.label for it in items if it.role == "teacher"] + [it.label for it in items if it.role == "student"] \
         + [it.label for it in items if it.role not in ("teacher", "student")]
     lab = {v.key: v.item.label for v in variants}
+    rapl_zones, rapl_reason = ctx.rapl
     return {
         "schema_version": SCHEMA_VERSION,
         "kind": "ondevice.bench.report",
         "created_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "measured_on": mlabel,
+        "measured_on": ctx.mlabel,
         "config": config.to_dict(),
         "machine": {**machine_before, "loadavg_before": machine_before.get("loadavg"),
                     "loadavg_after": machine_after.get("loadavg")},
         "data": {"source": ds.source, "synthetic": ds.synthetic, "labels": eval_y is not None,
-                 "latency_samples": int(n_lat), "accuracy_samples": int(n_eval) if config.accuracy and not ds.synthetic else 0,
-                 "sample_shape": list(ds.x.shape[1:])},
+                 "latency_samples": int(n_lat),
+                 "accuracy_samples": int(n_eval) if config.accuracy and not ds.synthetic else 0,
+                 "sample_shape": list(next(iter(ds.x.values())).shape[1:]),
+                 "inputs": {k: {"dtype": str(v.dtype), "sample_shape": list(v.shape[1:]),
+                                "origin": ds.origin.get(k, "real")} for k, v in ds.x.items()}},
         "profiles": [p.to_dict() for p in profiles],
-        "reference": ref_label,
+        "reference": ctx.ref_label,
         "retention_chain": chain,
         "pareto": {"threads": t0, "front": _pareto(points)},
-        "schedule": {"rounds": len(schedule), "rotate": True, "groups": n_groups,
+        "schedule": {"rounds": len(res.schedule), "rotate": True, "groups": n_groups,
                      "max_workers": config.max_workers,
-                     "first_rounds": [[f"{lab[k]}@{k[1]}t" for k in rnd] for rnd in schedule[:6]],
+                     "first_rounds": [[f"{lab[k]}@{k[1]}t" for k in rnd] for rnd in res.schedule[:6]],
                      "stop_rule": {"min_queries": config.min_queries, "min_seconds": config.min_seconds,
                                    "max_seconds": config.max_seconds}},
         "host_energy": {"available": bool(rapl_zones), "reason": rapl_reason},
-        "warnings": warnings,
+        "warnings": _warnings(ds, ctx),
         "items": report_items,
     }
 

@@ -6,15 +6,18 @@ private duplicate of the original stdout; file descriptor 1 is pointed at stderr
 prints cannot corrupt the protocol.
 
 Commands, in the order the harness sends them:
-    init     {engine, threads, inputs, batch_size}  import the runtime, set threads, load the input samples,
-                                                    take the memory baseline
+    init     {engine, threads, inputs, batch_size, carry}  import the runtime, set threads, load the input samples
+                                                    (an .npz of named arrays), take the memory baseline
     load     {}                                     load the model (load peak memory)
     info     {}                                     size, inspect(), runtime_memory()
     warmup   {min_queries, min_seconds}             run until both are reached
     chunk    {n}                                    time n queries, one perf_counter_ns pair around each call
     memory   {}                                     run peak memory
-    predict  {x, out, batch_size}                   outputs on the test set, written to an .npy file
+    predict  {x, out, batch_size}                   the first output on the test set (.npz in), written to an .npy
     graph    {x}                                    MACs / activations of an eager model (pytorch items only)
+
+Timing: after loading, every distinct batch is bound once (`engine.bind`: checked, converted, padded feeds and the
+bare runtime call), so the timed region is the runtime call and nothing of ondevice's around it.
     exit     {}
 """
 from __future__ import annotations
@@ -38,17 +41,34 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 
 # --- child side --------------------------------------------------------------------------------------------
+def load_named(path: str) -> dict[str, np.ndarray]:
+    """{input name: (N, ...) array} from an .npz written by the harness (in anonymous memory, contiguous)."""
+    with np.load(path) as z:
+        return {k: np.ascontiguousarray(z[k]) for k in z.files}
+
+
+def batches_of(named: dict[str, np.ndarray], batch_size: int) -> list[dict[str, np.ndarray]]:
+    """(nb,) batches of `batch_size` samples cycling through the samples, each {name: (batch_size, ...)}."""
+    n = len(next(iter(named.values())))
+    nb = max(1, n // batch_size)
+    return [{k: np.ascontiguousarray(np.take(v, np.arange(i * batch_size, (i + 1) * batch_size), axis=0,
+                                             mode="wrap")) for k, v in named.items()} for i in range(nb)]
+
+
 class _State:
     def __init__(self) -> None:
         self.engine = None
         self.runner = None
-        self.batches: list[np.ndarray] = []
+        self.batches: list[dict[str, np.ndarray]] = []
+        self.calls: list = []
+        self.carry: dict[str, str] = {}
         self.cursor = 0
         self.probe = None
         self.rapl: list = []
         self.rapl_reason: str | None = None
 
-    def cmd_init(self, engine: dict, threads: int, inputs: str, batch_size: int = 1) -> dict:
+    def cmd_init(self, engine: dict, threads: int, inputs: str, batch_size: int = 1, carry: dict | None = None
+                 ) -> dict:
         from .energy import host_energy_source
         from .engines import make_engine
         from .memory import MemoryProbe
@@ -56,19 +76,14 @@ class _State:
         self.engine = make_engine(engine)
         self.engine.prepare()
         self.engine.set_threads(int(threads))
-        x = np.ascontiguousarray(np.load(inputs), dtype=np.float32)  # (N, ...) real samples, in anonymous memory
-        n = len(x)
-        nb = max(1, n // batch_size)
-        # (nb,) batches of (batch_size, ...) cycling through the samples, built before timing
-        self.batches = [np.ascontiguousarray(np.take(x, np.arange(i * batch_size, (i + 1) * batch_size), axis=0,
-                                                     mode="wrap")) for i in range(nb)]
-        del x
+        self.batches = batches_of(load_named(inputs), batch_size)  # real (or labelled synthetic) samples
+        self.carry = dict(carry or {})
         self.rapl, self.rapl_reason = host_energy_source()
         self.probe = MemoryProbe()
         return {"pid": os.getpid(), "baseline_rss_bytes": self.probe.baseline, "memory_method": self.probe.method,
                 "latency_measurable": self.engine.latency_measurable, "latency_reason": self.engine.latency_reason,
-                "distinct_batches": nb, "host_energy_available": bool(self.rapl), "host_energy_reason": self.rapl_reason,
-                "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS}}
+                "distinct_batches": len(self.batches), "host_energy_available": bool(self.rapl),
+                "host_energy_reason": self.rapl_reason, "thread_env": {k: os.environ.get(k) for k in THREAD_ENV_VARS}}
 
     def cmd_load(self) -> dict:
         self.probe.start_phase()
@@ -84,15 +99,17 @@ class _State:
         return self.engine.info()
 
     def _time(self, n: int) -> list[int]:
-        fn, batches = self.engine.bind(self.runner), self.batches
-        nb = len(batches)
+        if not self.calls:  # bound once: checked feeds and the bare runtime call, outside the timed region
+            self.calls = [self.engine.bind(self.runner, b, self.carry) for b in self.batches]
+        calls = self.calls
+        nb = len(calls)
         clock = time.perf_counter_ns
         out = [0] * n
         c = self.cursor
         for i in range(n):
-            b = batches[(c + i) % nb]
+            fn = calls[(c + i) % nb]
             t0 = clock()
-            fn(b)
+            fn()
             out[i] = clock() - t0
         self.cursor = (c + n) % nb
         return out
@@ -119,23 +136,22 @@ class _State:
                 "baseline_rss_bytes": self.probe.baseline, "method": self.probe.method}
 
     def cmd_predict(self, x: str, out: str, batch_size: int = 64) -> dict:
-        xs = np.load(x, mmap_mode="r")  # (N, ...)
-        outs = [np.asarray(self.engine.run(self.runner, np.ascontiguousarray(xs[i:i + batch_size], np.float32)),
-                           dtype=np.float32) for i in range(0, len(xs), batch_size)]
-        y = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, C)
-        y = y.reshape(len(xs), -1)
+        xs = load_named(x)  # {name: (N, ...)}
+        n = len(next(iter(xs.values())))
+        outs = []
+        for i in range(0, n, batch_size):
+            y = self.engine.run(self.runner, {k: v[i:i + batch_size] for k, v in xs.items()})
+            outs.append(np.asarray(next(iter(y.values())), dtype=np.float32))  # the first (primary) output
+        y = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, ...)
         np.save(out, y)
         return {"n": int(len(y)), "shape": list(y.shape)}
 
     def cmd_graph(self, x: str) -> dict:
-        import torch
-
         from .energy import count_graph
 
         if self.engine.target_name != "pytorch":
             raise ValueError("graph counting needs an eager PyTorch model")
-        xs = np.load(x, mmap_mode="r")
-        return count_graph(self.runner, torch.from_numpy(np.ascontiguousarray(xs[:1], np.float32)))
+        return count_graph(self.runner, self.engine.example(load_named(x)))
 
     def cmd_exit(self) -> dict:
         return {}
@@ -159,8 +175,11 @@ def main() -> None:
                 raise ValueError(f"unknown worker command {cmd!r}")
             reply = {"ok": True, **handler(**msg)}
         except Exception as e:
+            from ondevice.errors import ArtifactError, InputMismatchError
+
             cmd = None
-            reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8)}
+            reply = {"ok": False, "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc(limit=8),
+                     "input_error": isinstance(e, (InputMismatchError, ArtifactError))}
         proto.write(dumps(reply, indent=None) + "\n")
         proto.flush()
         if cmd == "exit":
@@ -171,10 +190,11 @@ def main() -> None:
 class WorkerError(RuntimeError):
     """A worker command failed, the worker crashed, or it timed out. `stderr_tail` holds its last output."""
 
-    def __init__(self, message: str, stderr_tail: str = "", traceback_text: str = ""):
+    def __init__(self, message: str, stderr_tail: str = "", traceback_text: str = "", input_error: bool = False):
         super().__init__(message)
         self.stderr_tail = stderr_tail
         self.traceback_text = traceback_text
+        self.input_error = input_error  # the inputs or the artifact file are at fault (exit 2), not the runtime
 
 
 class Worker:
@@ -249,7 +269,7 @@ class Worker:
         reply = json.loads(line)
         if not reply.pop("ok", False):
             raise WorkerError(f"{what or 'command'} failed: {reply.get('error')}", self.stderr_tail(),
-                              reply.get("traceback", ""))
+                              reply.get("traceback", ""), bool(reply.get("input_error")))
         return reply
 
     def request(self, cmd: str, timeout: float, **kw: Any) -> dict:

@@ -20,9 +20,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ondevice.errors import ConfigError, ConversionError, MissingBackendError
+from ondevice.errors import ArtifactError, ConfigError, ConversionError, MissingBackendError, first_line
+from ondevice.opsource import locate_op
 from ondevice.precision import Precision
-from ondevice.target import Target
+from ondevice.target import (IOTensor, Inspection, Signature, Target, artifact_metadata, named_like_spec,
+                             read_metadata, spec_from_metadata)
 
 log = logging.getLogger("ondevice.targets.coreml")
 
@@ -217,7 +219,7 @@ def _global_compression(precision: str):
     raise ConfigError(f"coreml has no recipe for precision {precision!r}")
 
 
-def _conversion_message(e: Exception, logged: list[str], precision: str) -> str:
+def _conversion_message(e: Exception, logged: list[str], precision: str, located: str | None = None) -> str:
     """Name the torch op (and module) coremltools failed on, from its error log record or exception text."""
     text = " ".join(logged) + " " + str(e)
     op = where = None
@@ -228,11 +230,93 @@ def _conversion_message(e: Exception, logged: list[str], precision: str) -> str:
         m2 = re.search(pat, text) if op is None else None
         if m2:
             op = m2.group(1)
-    what = (f"torch op {op!r}" + (f" (in module {where!r})" if where else "")) if op else "the model"
+    what = (f"torch op {op!r}" + (f" (in module {where!r})" if where else f" (from {located})" if located else "")
+            ) if op else "the model"
     return (f"coremltools could not convert {what} to a Core ML ML Program at precision {precision!r}: "
             f"{type(e).__name__}: {str(e).strip()[:600]}. Fix: rewrite that op with ops Core ML supports, or "
             f"register a composite with coremltools' @register_torch_op; or export to another target "
             f"(onnxruntime, executorch, tflite).")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# conversion
+# ---------------------------------------------------------------------------------------------------------------
+# ATen ops coremltools 9 has no converter for, which common models emit (transformers' masking code calls
+# new_ones; nn.LSTMCell / nn.GRUCell export as lstm_cell / gru_cell, whose decompositions use unsafe_split): they
+# are lowered to ops it converts with torch's own decompositions before conversion.
+LOWERED_OPS = ("new_ones.default", "new_zeros.default", "lstm_cell.default", "gru_cell.default",
+               "rnn_tanh_cell.default", "rnn_relu_cell.default", "unsafe_split.Tensor", "unsafe_chunk.default")
+MAX_LOWERING_ROUNDS = 4
+
+
+def _lowering_table(extra: tuple[str, ...] = ()) -> dict:
+    """torch's default decompositions of LOWERED_OPS (+ `extra` ATen op names) that exist in this torch."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    out = {}
+    for name in LOWERED_OPS + extra:
+        packet, _, overload = name.partition(".")
+        op = getattr(getattr(torch.ops.aten, packet, None), overload or "default", None)
+        if op is not None and op in table:
+            out[op] = table[op]
+    return out
+
+
+def _unsupported_op(text: str) -> str | None:
+    m = re.search(r"Unsupported fx node (\S+?),", text) or re.search(r"op '([^']+)' not implemented", text)
+    return m.group(1) if m else None
+
+
+def _convert(ct, model, example_inputs: tuple, precision: str, compute, dt_name: str, cap):
+    """torch.export -> decompositions (LOWERED_OPS, plus any op coremltools names as unsupported and torch can
+    decompose) -> coremltools.convert. A failure names the op and the module it came from."""
+    import torch
+
+    try:
+        ep0 = torch.export.export(model.eval(), tuple(example_inputs))
+    except Exception as e:
+        raise ConversionError(
+            f"torch.export could not capture the model for coreml/{precision}: {type(e).__name__}: "
+            f"{str(e).strip()[:800]}. Fix: make forward() exportable (no data-dependent Python control "
+            f"flow, tensor-only inputs), or try another target.") from e
+    extra: tuple[str, ...] = ()
+    for _ in range(MAX_LOWERING_ROUNDS):
+        ep = ep0.run_decompositions(_lowering_table(extra))
+        try:
+            return ct.convert(ep, convert_to="mlprogram", compute_precision=compute,
+                              minimum_deployment_target=getattr(ct.target, dt_name))
+        except Exception as e:
+            op = _unsupported_op(" ".join(cap.errors) + " " + str(e))
+            more = tuple(f"{op}.{o}" for o in ("default", "Tensor", "int", "Scalar")) if op else ()
+            if not op or not set(_lowering_table(extra + more)) - set(_lowering_table(extra)):
+                raise ConversionError(_conversion_message(e, cap.errors, precision, locate_op(ep, op))) from e
+            log.info("coreml: lowering aten.%s with torch's decomposition (coremltools has no converter)", op)
+            extra += more
+    raise ConversionError(f"coremltools could not convert the model at precision {precision!r} after lowering "
+                          f"{', '.join(extra)}; try another target")
+
+
+def _name_features(ct, mlmodel, spec) -> None:
+    """The package's inputs and outputs under the spec's names, the deployer's preprocessing as their descriptions."""
+    if spec is None:
+        return
+    mlspec = mlmodel._spec
+    pairs = list(zip([f.name for f in mlspec.description.input], spec.names)) + list(
+        zip([f.name for f in mlspec.description.output], spec.output_names))
+    for old, new in pairs:
+        if old != new:
+            ct.utils.rename_feature(mlspec, old, new)
+    pre = spec.preprocessing or {}
+    for f in mlspec.description.input:
+        t = spec.input(f.name)
+        f.shortDescription = (f"{t.dtype} {list(t.shape)}" + (f"; preprocessing: {_describe(pre)}" if pre else ""))[:2000]
+    if pre:
+        mlspec.description.metadata.shortDescription = f"inputs need: {_describe(pre)}"[:2000]
+
+
+def _describe(pre: dict) -> str:
+    return "; ".join(f"{k}={v}" for k, v in pre.items())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -256,40 +340,40 @@ def _io_from_spec(spec) -> tuple[list[dict], list[dict]]:
     return [one(f) for f in spec.description.input], [one(f) for f in spec.description.output]
 
 
+def _signature(spec) -> Signature:
+    def one(d: dict) -> IOTensor:
+        dtype = d["dtype"] if d["shape"] is None else np.dtype(_ARRAY_DTYPES.get(d["dtype"].upper(), np.float32)).name
+        return IOTensor(d["name"], dtype, tuple(d["shape"] or ()))
+
+    ins, outs = _io_from_spec(spec)
+    return Signature(tuple(one(d) for d in ins), tuple(one(d) for d in outs))
+
+
 class _Runner:
-    """Feeds an artifact with a static batch dimension: any N is run in chunks of the static batch (padded)."""
+    """A loaded package: its signature (static shapes, the spec's names) and the Core ML names behind them."""
 
     kind = "?"
 
-    def __init__(self, path: Path, inputs: list[dict], outputs: list[dict]):
-        if len(inputs) != 1 or inputs[0]["shape"] is None:
-            raise ConfigError(f"{path}: ondevice runs single-tensor-input models; this package has inputs "
-                              f"{[i['name'] for i in inputs]}")
+    def __init__(self, path: Path, mlspec, spec=None):
+        sig = _signature(mlspec)
+        bad = [t.name for t in sig.inputs if not t.shape]
+        if bad:
+            raise ConfigError(f"{path}: inputs {bad} are not multi-arrays (images, sequences); ondevice feeds "
+                              f"multi-array inputs only")
         self.path = path
-        self.input = inputs[0]
-        self.output = outputs[0]
-        self.shape = tuple(self.input["shape"])  # (B, ...) static
-        self.in_dtype = _ARRAY_DTYPES.get(self.input["dtype"].upper(), np.float32)
+        self.native = {t.name: t.name for t in sig.inputs + sig.outputs}
+        if spec is not None:
+            named = named_like_spec(sig, spec, str(path))
+            self.native = {n.name: o.name for n, o in zip(named.inputs + named.outputs, sig.inputs + sig.outputs)}
+            sig = named
+        self.signature = sig
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
+    def predict(self, feeds: dict) -> dict:
         raise NotImplementedError
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x)
-        if tuple(x.shape[1:]) != self.shape[1:]:
-            raise ValueError(f"{self.path}: input {self.input['name']!r} expects samples of shape "
-                             f"{self.shape[1:]} (static shape {self.shape}); got a batch of shape {x.shape}")
-        b = self.shape[0]
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b].astype(self.in_dtype)  # (n <= B, ...)
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:], chunk.dtype)])
-            outs.append(np.asarray(self.predict(chunk), dtype=np.float32)[:n])
-        if not outs:
-            return np.zeros((0,) + tuple(self.output["shape"][1:]), np.float32)
-        return np.concatenate(outs)
+    def __call__(self, feeds: dict) -> dict:
+        native = self.predict({self.native[k]: v for k, v in feeds.items()})
+        return {t.name: native[self.native[t.name]] for t in self.signature.outputs}
 
 
 class ReferenceRunner(_Runner):
@@ -297,12 +381,12 @@ class ReferenceRunner(_Runner):
 
     kind = "reference-evaluator"
 
-    def __init__(self, path: Path, spec, evaluator):
-        super().__init__(path, *_io_from_spec(spec))
+    def __init__(self, path: Path, mlspec, evaluator, spec=None):
+        super().__init__(path, mlspec, spec)
         self.evaluator = evaluator
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.evaluator.run({self.input["name"]: x})[self.output["name"]]
+    def predict(self, feeds: dict) -> dict:
+        return self.evaluator.run(feeds)
 
 
 class CoreMLRunner(_Runner):
@@ -310,12 +394,12 @@ class CoreMLRunner(_Runner):
 
     kind = "coreml"
 
-    def __init__(self, path: Path, model):
-        super().__init__(path, *_io_from_spec(model.get_spec()))
+    def __init__(self, path: Path, model, spec=None):
+        super().__init__(path, model.get_spec(), spec)
         self.model = model
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return self.model.predict({self.input["name"]: x})[self.output["name"]]
+    def predict(self, feeds: dict) -> dict:
+        return self.model.predict(feeds)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -333,16 +417,20 @@ class CoreMLTarget(Target):
         """"coreml" where MLModel.predict works (macOS), else "reference-evaluator" (NumPy, mil_eval.py)."""
         return "coreml" if coreml_runtime_available() else "reference-evaluator"
 
+    def latency(self) -> tuple[bool, str | None]:
+        if self.runtime_kind() == "coreml":
+            return True, None
+        why = ("the NumPy reference evaluator was forced (ONDEVICE_COREML_RUNTIME=reference)"
+               if sys.platform == "darwin" else self.spec.no_runtime_reason)
+        return False, f"not measurable on {sys.platform}: {why}"
+
     @property
     def latency_measurable(self) -> bool:
-        return self.runtime_kind() == "coreml"
+        return self.latency()[0]
 
     @property
     def latency_note(self) -> str:
-        if self.latency_measurable:
-            return "measured with the Core ML runtime (MLModel.predict)"
-        return (f"not measurable on {sys.platform}: Core ML runs only on Apple platforms; outputs here come from "
-                f"ondevice's NumPy reference evaluator, whose speed says nothing about a device")
+        return self.latency()[1] or "measured with the Core ML runtime (MLModel.predict)"
 
     def set_threads(self, n: int) -> None:
         """Threads for the reference evaluator's NumPy/BLAS work (Core ML itself does not expose a count)."""
@@ -365,27 +453,14 @@ class CoreMLTarget(Target):
         return model
 
     def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path, calibration=None,
-               **options) -> Path:
-        import torch
-
+               spec=None, **options) -> Path:
         ct = _ct()
         dt_name, dt_why = resolve_deployment_target(precision.name, options.get("deployment_target"))
         if dt_why.startswith("selected"):
             log.info("coreml %s: deployment target %s (%s)", precision.name, dt_name, dt_why)
         compute = ct.precision.FLOAT16 if precision.name == "fp16" else ct.precision.FLOAT32
         with _quiet() as cap, self._limit_threads():
-            try:
-                ep = torch.export.export(prepared.eval(), tuple(example_inputs)).run_decompositions({})
-            except Exception as e:
-                raise ConversionError(
-                    f"torch.export could not capture the model for coreml/{precision.name}: {type(e).__name__}: "
-                    f"{str(e).strip()[:800]}. Fix: make forward() exportable (no data-dependent Python control "
-                    f"flow, tensor-only inputs), or try another target.") from e
-            try:
-                mlmodel = ct.convert(ep, convert_to="mlprogram", compute_precision=compute,
-                                     minimum_deployment_target=getattr(ct.target, dt_name))
-            except Exception as e:
-                raise ConversionError(_conversion_message(e, cap.errors, precision.name)) from e
+            mlmodel = _convert(ct, prepared, example_inputs, precision.name, compute, dt_name, cap)
             fn, config, notes = _compression_config(precision.name, mlmodel)
             if fn is not None:
                 try:
@@ -395,13 +470,11 @@ class CoreMLTarget(Target):
                         f"coremltools.optimize.coreml.{fn.__name__} failed for coreml/{precision.name} "
                         f"({dt_name}): {type(e).__name__}: {e}. Try another compression precision "
                         f"({', '.join(p for p in self.spec.precisions if p != precision.name)}).") from e
+        _name_features(ct, mlmodel, spec)
         md = mlmodel.user_defined_metadata
-        md["ondevice.precision"] = precision.name
-        md["ondevice.compute_precision"] = "fp16" if precision.name == "fp16" else "fp32"
-        md["ondevice.deployment_target"] = dt_name
-        md["ondevice.deployment_target_reason"] = dt_why
-        for k, v in notes.items():
-            md[k] = v
+        md.update({"ondevice.precision": precision.name, "ondevice.deployment_target": dt_name,
+                   "ondevice.compute_precision": "fp16" if precision.name == "fp16" else "fp32",
+                   "ondevice.deployment_target_reason": dt_why, **notes, **artifact_metadata(spec)})
         if fn is not None:
             n = sum(1 for op in mlmodel._mil_program.functions["main"].operations
                     if op.op_type.startswith("constexpr_"))
@@ -413,28 +486,34 @@ class CoreMLTarget(Target):
             mlmodel.save(str(out))
         return Path(out)
 
-    def load(self, path: Path) -> Any:
+    def load(self, path: Path, spec=None) -> Any:
+        """Inputs and outputs under the input spec's names (given, else the one in the package's metadata)."""
         path = Path(path)
         if not path.is_dir():
-            raise FileNotFoundError(f"{path} is not a .mlpackage directory")
-        if self.runtime_kind() == "coreml":
-            ct = _ct()
-            with _quiet():
-                return CoreMLRunner(path, ct.models.MLModel(str(path)))
+            raise ArtifactError(f"{path} is not a .mlpackage directory; export it again")
         from .mil_eval import MILEvaluator, load_program, load_spec
 
-        _ct()
-        with _quiet():
-            spec = load_spec(path)
-            prog = load_program(path)
+        ct = _ct()
+        try:
+            with _quiet():
+                mlspec = load_spec(path)
+                prog = None if self.runtime_kind() == "coreml" else load_program(path)
+        except Exception as e:  # a truncated or corrupted package
+            raise ArtifactError(f"{path}: coremltools cannot read it ({first_line(e, 200)}); the package is damaged: "
+                                f"export it again") from e
+        if spec is None:
+            spec = spec_from_metadata(dict(mlspec.description.metadata.userDefined))
+        if prog is None:
+            with _quiet():
+                return CoreMLRunner(path, ct.models.MLModel(str(path)), spec)
         with self._limit_threads():
-            return ReferenceRunner(path, spec, MILEvaluator(prog, source=str(path)))
+            return ReferenceRunner(path, mlspec, MILEvaluator(prog, source=str(path)), spec)
 
-    def run(self, runner: Any, x: np.ndarray) -> np.ndarray:
+    def call(self, runner: Any, feeds: dict) -> dict:
         with self._limit_threads():
-            return runner(np.asarray(x, dtype=np.float32))
+            return runner(feeds)
 
-    def inspect(self, path: Path) -> dict:
+    def inspect(self, path: Path) -> Inspection:
         ct = _ct()
         from coremltools.converters.mil.mil import types
 
@@ -446,6 +525,7 @@ class CoreMLTarget(Target):
         fn = prog.functions["main"]
         ops: dict[str, int] = {}
         weight_bytes: dict[str, int] = {}
+        weight_tensors: dict[str, int] = {}
         compression: dict[str, int] = {}
         compressed: list[dict] = []
         how: dict[str, str] = {}
@@ -458,9 +538,11 @@ class CoreMLTarget(Target):
                 feeds_constexpr = any(c.op_type.startswith("constexpr_") for c in var.child_ops)
                 if feeds_constexpr or types.is_float(var.dtype):  # stored weights; int consts are op params
                     name = types.builtin_to_string(var.dtype)
+                    name = {"fp32": "float32", "fp16": "float16", "fp64": "float64"}.get(name, name)
                     bits = var.dtype.get_bitwidth() if hasattr(var.dtype, "get_bitwidth") else 8 * np.dtype(
                         types.nptype_from_builtin(var.dtype)).itemsize
                     weight_bytes[name] = weight_bytes.get(name, 0) + int(np.prod(var.shape)) * bits // 8
+                    weight_tensors[name] = weight_tensors.get(name, 0) + 1
                 continue
             ops[t] = ops.get(t, 0) + 1
             if t.startswith("constexpr_"):
@@ -477,21 +559,18 @@ class CoreMLTarget(Target):
         inputs, outputs = _io_from_spec(spec)
         versions = {int(t.value): t.name for t in ct.target}
         md = dict(spec.description.metadata.userDefined)
-        return {
-            "ops": ops,
-            "num_ops": sum(ops.values()),
+        details = {
             "num_consts": sum(1 for op in fn.operations if op.op_type == "const"),
-            "weight_dtypes": weight_bytes,  # dtype -> stored bytes (float tensors and compressed-weight storage)
             "compression": compression,
             "compressed_weights": compressed,
-            "inputs": inputs,
-            "outputs": outputs,
             "spec_version": int(spec.specificationVersion),
             "deployment_target": versions.get(int(spec.specificationVersion), f"spec{spec.specificationVersion}"),
             "deployment_target_reason": md.get("ondevice.deployment_target_reason"),
-            "compute_precision": md.get("ondevice.compute_precision"),
             "opset": str(getattr(fn, "opset_version", "")),
             "runtime": self.runtime_kind(),
             "evaluator_ops": how,
-            "metadata": md,
+            "input_descriptions": {f.name: f.shortDescription for f in spec.description.input if f.shortDescription},
         }
+        return Inspection(format="mlpackage", ops=ops, weight_bytes=weight_bytes, weight_tensors=weight_tensors,
+                          inputs=inputs, outputs=outputs, metadata=read_metadata(md),
+                          compute_precision=md.get("ondevice.compute_precision"), details=details)

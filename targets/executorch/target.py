@@ -18,6 +18,7 @@ runtime is imported once per process, on the first load.
 """
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import json
 import logging
@@ -30,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from ondevice.errors import ConfigError, ConversionError
+from ondevice.errors import ArtifactError, ConfigError, ConversionError, InputMismatchError, first_line
 from ondevice.io import temp_dir
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
-from ondevice.target import Target
+from ondevice.target import IOTensor, Inspection, Signature, Target, calibration_chunks, named_like_spec
 
 log = logging.getLogger("ondevice.targets.executorch")
 
@@ -113,7 +114,8 @@ def capture(model, example_inputs: tuple):
     with quiet():
         try:
             ex2 = _batch_of(example_inputs, 2)
-            dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
+            batch = Dim("batch", min=1, max=MAX_BATCH)
+            dyn = tuple({0: batch} for _ in ex2)
             return torch.export.export(model, ex2, dynamic_shapes=dyn).module(), CALIBRATION_BATCH
         except Exception as e:  # noqa: BLE001 - falls back to the static capture, whose failure is reported
             log.info("executorch: symbolic-batch capture failed (%s); calibrating one sample at a time",
@@ -121,16 +123,44 @@ def capture(model, example_inputs: tuple):
             return torch.export.export(model, example_inputs).module(), int(example_inputs[0].shape[0])
 
 
+# ExecuTorch runtime error codes (runtime/core/error.h) -> what they mean for the caller
+_ET_ERRORS = {"0x12": "InvalidArgument: an input does not match the program's input (dtype, shape or count)",
+              "0x13": "InvalidType: an input has the wrong type", "0x14": "OperatorMissing: no kernel for an op",
+              "0x21": "MemoryAllocationFailed", "0x23": "InvalidProgram: the .pte is damaged"}
+
+
+def _runtime_error(e: Exception, sig: Signature, path: str) -> Exception:
+    """ExecuTorch's bare `... failed with error 0x12` as a message naming what the program takes."""
+    m = re.search(r"error (0x[0-9a-fA-F]+)", str(e))
+    code = m.group(1).lower() if m else None
+    if code in ("0x12", "0x13"):
+        return InputMismatchError(f"{path}: ExecuTorch refused the inputs ({_ET_ERRORS[code]}). The program takes "
+                                  f"exactly: {', '.join(t.describe() for t in sig.inputs)} (static shapes: pad or "
+                                  f"split the batch, pad sequences to the exported length)")
+    if code is None:
+        return e
+    what = _ET_ERRORS.get(code, "see executorch runtime/core/error.h")
+    return RuntimeError(f"{path}: ExecuTorch error {code} ({what}): {e}")
+
+
+def _meta_io(meta, name: str) -> IOTensor:
+    return IOTensor(name, _scalar_type(meta.dtype())[0], tuple(int(s) for s in meta.sizes()))
+
+
 # --- the target -----------------------------------------------------------------------------------------------
 @dataclass
 class EtRunner:
     method: Any
-    batch: int  # the program's static batch size
-    input_shape: tuple[int, ...]
+    signature: Signature
+    path: str
+
+    @property
+    def batch(self) -> int | None:
+        return self.signature.static_batch
 
 
 class ExecuTorchTarget(Target):
-    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: dict | None,
                  *, quantizer=None, **options):
         """PT2E quantization. `quantizer` (when calling the target directly; not a verb option) replaces the default
         `ptq_quantizer`, e.g. with a custom torchao PT2E quantizer."""
@@ -151,16 +181,15 @@ class ExecuTorchTarget(Target):
                 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
                 prepared = prepare_pt2e(captured, quantizer if quantizer is not None else ptq_quantizer(dynamic))
-                if dynamic:
-                    # activation ranges are chosen at run time; one pass fills the per-channel weight observers
-                    samples = example_inputs[0].detach().numpy()
+                if dynamic:  # activation ranges are chosen at run time; one pass fills the per-channel observers
+                    chunks = [tuple(example_inputs)]
                 else:
-                    if calibration is None or len(calibration) == 0:
+                    if not calibration:
                         raise ConfigError("executorch int8_static needs calibration= real samples")
-                    samples = np.ascontiguousarray(calibration, dtype=np.float32)
+                    chunks = calibration_chunks(calibration, cal_batch, whole=cal_batch != CALIBRATION_BATCH)
                 with torch.no_grad():
-                    for i in range(0, len(samples), cal_batch):
-                        prepared(torch.from_numpy(samples[i:i + cal_batch]))  # (B, ...) real samples
+                    for args in chunks:
+                        prepared(*args)  # (B, ...) real samples, every input at its own dtype
                 converted = convert_pt2e(prepared)
                 if dynamic:
                     DuplicateDynamicQuantChainPass()(converted)
@@ -171,7 +200,7 @@ class ExecuTorchTarget(Target):
         return converted
 
     def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
-               calibration: np.ndarray | None = None, *, batch: int = 1, **_: Any) -> Path:
+               calibration: dict | None = None, *, batch: int = 1, spec=None, **_: Any) -> Path:
         import torch
 
         batch = int(batch)
@@ -220,38 +249,63 @@ class ExecuTorchTarget(Target):
                 f"in its own process.")
         _THREADS = n
 
-    def load(self, path: Path) -> EtRunner:
+    def load(self, path: Path, spec=None) -> EtRunner:
+        """A .pte stores no input or output names: they come from the input spec (its record), else input_<i> /
+        output_<i>."""
         global _LOADED
         rt = runtime()
-        with quiet(native_noise=_NATIVE_NOISE, log=log):
-            if _THREADS is not None and not _LOADED:
-                from executorch.extension.pybindings import portable_lib
+        try:
+            with quiet(native_noise=_NATIVE_NOISE, log=log):
+                if _THREADS is not None and not _LOADED:
+                    from executorch.extension.pybindings import portable_lib
 
-                portable_lib._unsafe_reset_threadpool(_THREADS)
-            method = rt.load_program(Path(path)).load_method("forward")
+                    portable_lib._unsafe_reset_threadpool(_THREADS)
+                method = rt.load_program(Path(path)).load_method("forward")
+        except Exception as e:  # a truncated or corrupted file
+            raise ArtifactError(f"{path}: ExecuTorch cannot load it ({first_line(e, 200)}); the file is damaged or "
+                                f"not a .pte program: export it again") from e
         _LOADED = True
-        meta = method.metadata.input_tensor_meta(0)
-        shape = tuple(int(s) for s in meta.sizes())
-        return EtRunner(method, shape[0], shape)
+        md = method.metadata
+        sig = Signature(tuple(_meta_io(md.input_tensor_meta(i), f"input_{i}") for i in range(md.num_inputs())),
+                        tuple(_meta_io(md.output_tensor_meta(i), f"output_{i}") for i in range(md.num_outputs())))
+        if spec is not None:
+            sig = named_like_spec(sig, spec, str(path))
+        return EtRunner(method, sig, str(path))
 
-    def run(self, runner: EtRunner, x: np.ndarray) -> np.ndarray:
+    def call(self, runner: EtRunner, feeds: dict) -> dict:
         import torch
 
-        x = np.ascontiguousarray(x, dtype=np.float32)  # (N, ...)
-        b = runner.batch
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            n = len(chunk)
-            if n < b:  # pad to the program's static batch with copies of the last sample
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            y = runner.method.execute((torch.from_numpy(chunk),))[0]  # (b, C)
-            outs.append(np.array(y.detach().numpy()[:n], dtype=np.float32))  # copy: the runtime reuses buffers
-        return np.concatenate(outs)
+        args = tuple(torch.from_numpy(feeds[t.name]) for t in runner.signature.inputs)
+        try:
+            ys = runner.method.execute(args)
+        except RuntimeError as e:
+            raise _runtime_error(e, runner.signature, runner.path) from e
+        return {t.name: y.detach().numpy() for t, y in zip(runner.signature.outputs, ys)}
+
+    def bind(self, runner: EtRunner, feeds: dict, carry: dict[str, str] | None = None):
+        import torch
+
+        names = [t.name for t in runner.signature.inputs]
+        args = [torch.from_numpy(feeds[n]) for n in names]
+        execute = runner.method.execute
+        if not carry:
+            return functools.partial(execute, tuple(args))  # exactly the runtime call
+        outs = [t.name for t in runner.signature.outputs]
+        pos = [(names.index(i), outs.index(o)) for i, o in carry.items()]
+
+        def step():
+            ys = execute(tuple(args))
+            for i, k in pos:
+                args[i] = ys[k].clone()  # the runtime reuses its output buffers
+
+        return step
 
     # -- inspection ------------------------------------------------------------------------------------------
-    def inspect(self, path: Path) -> dict:
-        return inspect_pte(Path(path).read_bytes())
+    def inspect(self, path: Path) -> Inspection:
+        try:
+            return inspect_pte(Path(path).read_bytes())
+        except Exception as e:
+            raise ArtifactError(f"{path}: not a readable .pte program ({first_line(e, 200)}); export it again") from e
 
     def runtime_memory(self, path: Path) -> dict:
         plan = _program(Path(path).read_bytes()).execution_plan[0]
@@ -376,23 +430,12 @@ def inspect_pte(data: bytes) -> dict:
             w_count[dt] += 1
             w_bytes[dt] += math.prod(t.sizes) * size
 
-    ops = dict(sorted((delegated + non_delegated).items()))
-    n_del, n_non = int(sum(delegated.values())), int(sum(non_delegated.values()))
-    out = {
-        "format": "pte",
-        "ops": ops,
-        "num_ops": n_del + n_non,
-        "delegated_ops": dict(sorted(delegated.items())),
-        "non_delegated_ops": dict(sorted(non_delegated.items())),
-        "num_delegated_ops": n_del,
-        "num_non_delegated_ops": n_non,
-        "delegates": delegates,
-        "weight_dtypes": dict(w_count),
-        "weight_bytes": dict(w_bytes),
-        "xnnpack_weight_dtypes": dict(xnn_count),
-        "inputs": io(plan.inputs),
-        "outputs": io(plan.outputs),
-    }
+    sizes = [int(v) for v in plan.non_const_buffer_sizes]
+    details = {"delegates": delegates, "xnnpack_weight_dtypes": dict(xnn_count)}
     if graph_error:
-        out["delegate_graph_error"] = graph_error
-    return out
+        details["delegate_graph_error"] = graph_error
+    return Inspection(
+        format="pte", ops=dict(sorted((delegated + non_delegated).items())), weight_bytes=dict(w_bytes),
+        weight_tensors=dict(w_count), inputs=io(plan.inputs), outputs=io(plan.outputs),
+        delegated_ops=dict(sorted(delegated.items())), non_delegated_ops=dict(sorted(non_delegated.items())),
+        planned_memory_bytes=int(sum(sizes[1:])), details=details)

@@ -13,6 +13,7 @@ All SDK imports (onnx, onnxruntime, onnxscript via torch.onnx) happen inside fun
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from collections import Counter
@@ -22,16 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from ondevice.errors import ConfigError, ConversionError
+from ondevice.errors import ArtifactError, ConfigError, ConversionError, first_line
 from ondevice.io import temp_dir
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
-from ondevice.target import Target
+from ondevice.target import (IOTensor, Inspection, Signature, Target, artifact_metadata, pad_batch,
+                             read_metadata)
 
 log = logging.getLogger("ondevice.targets.onnxruntime")
 
 DEFAULT_OPSET = 20
 MAX_BATCH = 4096  # upper bound given to the exporter for the symbolic batch dimension
+MAX_SEQ = 8192  # upper bound of a symbolic sequence dimension
 CALIBRATION_BATCH = 32  # samples per calibration call when the graph has a symbolic batch dimension
 
 
@@ -52,25 +55,39 @@ def _conversion_error(exc: BaseException, stage: str, precision: str, model_name
 
 
 # --- torch -> ONNX -----------------------------------------------------------------------------------------
-def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAULT_OPSET,
-                dynamic_batch: bool = True) -> bool:
-    """Export `model` to one self-contained ONNX file at `path`. Returns True when the batch dim is symbolic.
+def _dynamic_shapes(example_inputs: tuple, spec, axes: tuple[str, ...]):
+    """torch.export dynamic_shapes for the spec's named axes this export keeps dynamic: one Dim per axis name,
+    shared by every input that has it (so batch and seq stay tied across input_ids and attention_mask)."""
+    from torch.export import Dim
 
-    With dynamic_batch the example is repeated to batch 2 (a size-1 example would be specialised) and dim 0 gets
-    a symbolic `batch`; if the exporter cannot keep it symbolic the export is redone with the static example.
+    dims = {"batch": Dim("batch", min=1, max=MAX_BATCH), "seq": Dim("seq", min=1, max=MAX_SEQ)}
+    out = []
+    for t, ts in zip(example_inputs, spec.inputs if spec is not None else [None] * len(example_inputs)):
+        named = ts.dynamic_axes() if ts is not None else {0: "batch"}
+        out.append({i: dims[a] for i, a in named.items() if a in axes and a in dims and i < t.ndim})
+    return tuple(out)
+
+
+def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = True, spec=None, dynamic_axes: tuple[str, ...] = ("batch", "seq")) -> bool:
+    """Export `model` to one self-contained ONNX file at `path`, inputs and outputs named as the spec names them.
+    Returns True when the batch dim is symbolic.
+
+    With dynamic_batch the example is repeated to batch 2 (a size-1 example would be specialised) and the spec's
+    dynamic axes (batch, seq) stay symbolic; if the exporter cannot keep them symbolic the export is redone with
+    the static example.
     """
     import torch
 
     model = model.eval()
+    names = dict(input_names=spec.names, output_names=spec.output_names) if spec is not None else {}
     if dynamic_batch:
-        from torch.export import Dim
-
         ex2 = tuple(torch.cat([t, t], 0) if t.shape[0] == 1 else t for t in example_inputs)  # (2, ...) each
-        dyn = tuple({0: Dim("batch", min=1, max=MAX_BATCH)} for _ in ex2)
         try:
             with quiet():
                 prog = torch.onnx.export(model, ex2, dynamo=True, external_data=False, opset_version=opset,
-                                         dynamic_shapes=dyn, verbose=False, report=False)
+                                         dynamic_shapes=_dynamic_shapes(ex2, spec, dynamic_axes), verbose=False,
+                                         report=False, **names)
             prog.save(str(path))
             return True
         except Exception as e:  # noqa: BLE001 - retried statically below; a second failure is reported
@@ -78,17 +95,21 @@ def export_onnx(model, example_inputs: tuple, path: Path, *, opset: int = DEFAUL
                      type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     with quiet():
         prog = torch.onnx.export(model, example_inputs, dynamo=True, external_data=False, opset_version=opset,
-                                 verbose=False, report=False)
+                                 verbose=False, report=False, **names)
     prog.save(str(path))
     return False
 
 
 class _Reader:
-    """onnxruntime CalibrationDataReader over real samples: batches of CALIBRATION_BATCH (or 1 for a static batch)."""
+    """onnxruntime CalibrationDataReader over real samples by input name: batches of CALIBRATION_BATCH (or the
+    graph's static batch), each input at its own dtype (token ids stay integers)."""
 
-    def __init__(self, calibration: np.ndarray, input_name: str, batch: int):
-        x = np.ascontiguousarray(calibration, dtype=np.float32)
-        self._feeds = [{input_name: x[i:i + batch]} for i in range(0, len(x), batch)]  # (<=batch, ...) each
+    def __init__(self, calibration: dict[str, np.ndarray], batch: int):
+        n = len(next(iter(calibration.values())))
+        self._feeds = [{k: np.ascontiguousarray(v[i:i + batch]) for k, v in calibration.items()}  # (<=batch, ...)
+                       for i in range(0, n, batch)]
+        if batch > 1 and self._feeds and len(next(iter(self._feeds[-1].values()))) < batch:
+            self._feeds[-1] = pad_batch(self._feeds[-1], batch)
         self._it = iter(self._feeds)
 
     def get_next(self):
@@ -106,12 +127,37 @@ def _input_batch(model_path: Path) -> int | None:
     return dim0.dim_value if dim0.HasField("dim_value") else None
 
 
+def write_metadata(path: Path, spec) -> None:
+    """The input spec and the deployer's preprocessing into the model's own metadata_props (in place)."""
+    import onnx
+
+    if spec is None:
+        return
+    m = onnx.load(str(path))
+    keep = [p for p in m.metadata_props if not p.key.startswith("ondevice.")]
+    del m.metadata_props[:]
+    m.metadata_props.extend(keep)
+    for k, v in artifact_metadata(spec).items():
+        m.metadata_props.add(key=k, value=v)
+    onnx.save(m, str(path))
+
+
 # --- runtime -----------------------------------------------------------------------------------------------
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
+              "tensor(int64)": "int64", "tensor(int32)": "int32", "tensor(int8)": "int8", "tensor(uint8)": "uint8",
+              "tensor(bool)": "bool"}
+
+
+def _io(values) -> tuple[IOTensor, ...]:
+    return tuple(IOTensor(v.name, _ORT_TYPES.get(v.type, v.type), tuple(d if isinstance(d, int) else (d or None)
+                                                                         for d in v.shape)) for v in values)
+
+
 @dataclass
 class OrtRunner:
     session: Any
-    input_name: str
-    static_batch: int | None  # None: any batch size in one call
+    signature: Signature
+    output_names: list[str]
 
 
 class OnnxRuntimeTarget(Target):
@@ -120,13 +166,12 @@ class OnnxRuntimeTarget(Target):
         self._threads: int | None = None
 
     # -- torch-level step: none (ONNX Runtime quantizes after conversion) ---------------------------------
-    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
-                 **options):
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: dict | None, **options):
         return model
 
     def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
-               calibration: np.ndarray | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-               activations: str = "int8", calibrate_method: str = "minmax", **_: Any) -> Path:
+               calibration: dict | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
+               activations: str = "int8", calibrate_method: str = "minmax", spec=None, **_: Any) -> Path:
         out = Path(out)
         name = type(prepared).__name__
         if activations not in ("int8", "uint8"):
@@ -137,7 +182,8 @@ class OnnxRuntimeTarget(Target):
         with temp_dir("ort") as td:
             fp32 = Path(td) / "fp32.onnx"
             try:
-                export_onnx(prepared, example_inputs, fp32, opset=int(opset), dynamic_batch=bool(dynamic_batch))
+                export_onnx(prepared, example_inputs, fp32, opset=int(opset), dynamic_batch=bool(dynamic_batch),
+                            spec=spec, dynamic_axes=self.spec.dynamic_axes)
             except Exception as e:
                 raise _conversion_error(e, "export", precision.name, name) from e
             try:
@@ -155,6 +201,7 @@ class OnnxRuntimeTarget(Target):
                 raise
             except Exception as e:
                 raise _conversion_error(e, precision.name, precision.name, name) from e
+        write_metadata(out, spec)
         return out
 
     @staticmethod
@@ -181,24 +228,27 @@ class OnnxRuntimeTarget(Target):
         with quiet():
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
 
-    def _int8_static(self, src: Path, work: Path, out: Path, calibration: np.ndarray | None, activations: str,
+    def _int8_static(self, src: Path, work: Path, out: Path, calibration: dict | None, activations: str,
                      calibrate_method: str) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-        if calibration is None or len(calibration) == 0:
-            raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training images)")
+        if not calibration or len(next(iter(calibration.values()))) == 0:
+            raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training samples)")
         pre = work / "pre.onnx"
         self._pre_process(src, pre)
         import onnx
 
-        input_name = onnx.load(str(pre), load_external_data=False).graph.input[0].name
+        names = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
+        if set(names) != set(calibration):
+            raise ConfigError(f"onnxruntime int8_static: the calibration samples hold {sorted(calibration)}, the "
+                              f"graph takes {names}; pass one array per input name")
         batch = _input_batch(pre) or CALIBRATION_BATCH
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibrate_method]
         uint8 = activations == "uint8"
         with quiet():
             quantize_static(
-                str(pre), str(out), _Reader(calibration, input_name, batch), quant_format=QuantFormat.QDQ,
+                str(pre), str(out), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
                 per_channel=True, reduce_range=uint8,
                 activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
@@ -217,34 +267,42 @@ class OnnxRuntimeTarget(Target):
         so.log_severity_level = 3  # errors only; ORT warns about e.g. unused initializers on stderr otherwise
         return so
 
-    def load(self, path: Path) -> OrtRunner:
+    def load(self, path: Path, spec=None) -> OrtRunner:
         import onnxruntime as ort
 
-        sess = ort.InferenceSession(str(path), self.session_options(), providers=["CPUExecutionProvider"])
-        inp = sess.get_inputs()[0]
-        b = inp.shape[0]
-        return OrtRunner(sess, inp.name, b if isinstance(b, int) else None)
+        try:
+            sess = ort.InferenceSession(str(path), self.session_options(), providers=["CPUExecutionProvider"])
+        except Exception as e:  # a truncated or corrupted file
+            raise ArtifactError(f"{path}: ONNX Runtime cannot load it ({first_line(e, 200)}); the file is damaged or "
+                                f"not an ONNX model: export it again") from e
+        sig = Signature(_io(sess.get_inputs()), _io(sess.get_outputs()))
+        return OrtRunner(sess, sig, sig.output_names)
 
-    def run(self, runner: OrtRunner, x: np.ndarray) -> np.ndarray:
-        x = np.ascontiguousarray(x, dtype=np.float32)  # (N, ...)
-        b = runner.static_batch
-        if b is None:
-            return np.asarray(runner.session.run(None, {runner.input_name: x})[0], dtype=np.float32)
-        outs = []
-        for i in range(0, len(x), b):
-            chunk = x[i:i + b]
-            n = len(chunk)
-            if n < b:  # pad the last chunk to the static batch with copies of its last sample
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], b - n, axis=0)])
-            outs.append(np.asarray(runner.session.run(None, {runner.input_name: chunk})[0][:n], dtype=np.float32))
-        return np.concatenate(outs)
+    def call(self, runner: OrtRunner, feeds: dict) -> dict:
+        return dict(zip(runner.output_names, runner.session.run(runner.output_names, feeds)))
+
+    def bind(self, runner: OrtRunner, feeds: dict, carry: dict[str, str] | None = None):
+        run, names = runner.session.run, runner.output_names
+        if not carry:
+            return functools.partial(run, names, feeds)  # exactly the runtime call
+        pos = [(i, names.index(o)) for i, o in carry.items()]
+
+        def step():
+            out = run(names, feeds)
+            for i, k in pos:
+                feeds[i] = out[k]
+
+        return step
 
     # -- inspection ------------------------------------------------------------------------------------------
-    def inspect(self, path: Path) -> dict:
+    def inspect(self, path: Path) -> Inspection:
         import onnx
         from onnx import numpy_helper
 
-        m = onnx.load(str(path))
+        try:
+            m = onnx.load(str(path))
+        except Exception as e:
+            raise ArtifactError(f"{path}: not a readable ONNX model ({first_line(e, 200)}); export it again") from e
         ops: Counter[str] = Counter()
 
         def walk(graph) -> None:
@@ -277,15 +335,10 @@ class OnnxRuntimeTarget(Target):
                             "dtype": onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type).name})
             return out
 
-        return {
-            "format": "onnx",
-            "opset": {o.domain or "ai.onnx": o.version for o in m.opset_import},
-            "producer": f"{m.producer_name} {m.producer_version}".strip(),
-            "ops": dict(sorted(ops.items())),
-            "num_ops": int(sum(ops.values())),
-            "weight_dtypes": dict(counts),
-            "weight_bytes": dict(nbytes),
-            "inputs": io(m.graph.input),
-            "outputs": io(m.graph.output),
-            "dynamic_batch": _input_batch(Path(path)) is None,
-        }
+        inputs = io(m.graph.input)
+        return Inspection(
+            format="onnx", ops=dict(sorted(ops.items())), weight_bytes=dict(nbytes), weight_tensors=dict(counts),
+            inputs=inputs, outputs=io(m.graph.output), metadata=read_metadata({p.key: p.value for p in m.metadata_props}),
+            details={"opset": {o.domain or "ai.onnx": o.version for o in m.opset_import},
+                     "producer": f"{m.producer_name} {m.producer_version}".strip(),
+                     "dynamic_batch": not isinstance(inputs[0]["shape"][0], int) if inputs else False})

@@ -29,11 +29,13 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ondevice.errors import ConversionError
+from ondevice.errors import ArtifactError, ConversionError, first_line
+from ondevice.opsource import locate_op, source_line
 from ondevice.io import atomic_write_bytes
 from ondevice.precision import Precision
 from ondevice.quiet import quiet
-from ondevice.target import Target
+from ondevice.target import (IOTensor, Inspection, Signature, Target, artifact_metadata, calibration_chunks,
+                             named_like_spec, read_metadata, spec_from_metadata)
 
 log = logging.getLogger("ondevice.targets.tflite")
 
@@ -97,44 +99,15 @@ def _quiet() -> Iterator[_Captured]:
 
 
 # --- error translation -------------------------------------------------------------------------------------
-_SOURCE_LINE = r'File "([^"]+)", line (\d+), in (\w+)\s*\n\s*(.+)'  # a traceback frame and its code line
-
-
-def _source_line(text: str, after: str = "") -> str | None:
-    """'file.py:12 in forward: <code>' for the last traceback frame in `text` (the first one following `after`)."""
-    frames = re.findall(re.escape(after) + r"\s*" + _SOURCE_LINE if after else _SOURCE_LINE, text)
-    if not frames:
-        return None
-    f, line, fn, code = frames[0] if after else frames[-1]
-    return f"{Path(f).name}:{line} in {fn}: {code.strip()}"
-
-
 def _locate_op(module, args: tuple, kwargs: dict, op: str) -> str | None:
     """Best effort: the module path and source line of the first node calling `op` (e.g. 'aten.i0.default')."""
     import torch
 
     try:
         ep = torch.export.export(module, args, kwargs)
-        graphs = [ep.graph]
-        with contextlib.suppress(Exception):
-            graphs.append(ep.run_decompositions().graph)
     except Exception:
         return None
-    for graph in graphs:
-        for node in graph.nodes:
-            if node.op != "call_function" or str(node.target) != op:
-                continue
-            where = []
-            stack = node.meta.get("nn_module_stack") or {}
-            if stack:
-                path, typ = list(stack.values())[-1]
-                typ = getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1])
-                where.append(f"module {path!r} ({typ})" if path else f"the forward of {typ} itself")
-            line = _source_line(node.meta.get("stack_trace") or "")
-            if line:
-                where.append(line)
-            return ", ".join(where) or None
-    return None
+    return locate_op(ep, op)
 
 
 def _conversion_error(exc: BaseException, stage: str, precision: str, cap: _Captured,
@@ -150,14 +123,14 @@ def _conversion_error(exc: BaseException, stage: str, precision: str, cap: _Capt
         if module is not None:
             with _quiet():
                 where = _locate_op(module, args, kwargs or {}, op)
-        where = where or _source_line(msg, after="Original traceback:")
+        where = where or source_line(msg, after="Original traceback:")
         text = (f"tflite conversion at precision {precision!r} failed: litert-torch has no TFLite lowering for "
                 f"PyTorch op {op}" + (f" (from {where})" if where else "") + ". The model was exported with "
                 f"torch.export and lowered op by op; this op has no TFLite equivalent. Fix: rewrite that part of "
                 f"the model with supported ops (elementwise math, matmul/linear, conv, pooling, softmax, ...), "
                 f"or export to target 'onnxruntime' or 'executorch', which may support it.")
     elif "data-dependent" in msg or type(exc).__name__.startswith("GuardOnDataDependent"):
-        line = _source_line(msg, after="The following call raised this error:")
+        line = source_line(msg, after="The following call raised this error:")
         where = f" at {line}" if line else ""
         text = (f"tflite conversion at precision {precision!r} failed in torch.export: the model branches on tensor "
                 f"values (data-dependent control flow{where}), which a static graph cannot hold. Fix: remove the "
@@ -193,15 +166,20 @@ def _nchw_to_nhwc(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(x, 1, -1))
 
 
-def _sample(example_inputs: tuple, nhwc: bool) -> tuple[tuple, dict]:
-    """(args, kwargs) to trace with: NCHW positional (`args_0`), or NHWC keyword `input_nhwc` (names the signature
-    input, so the artifact records its layout)."""
-    x = example_inputs[0]
+def _nhwc_to_nchw(shape: tuple) -> tuple:
+    return (shape[0], shape[-1], *shape[1:-1])
+
+
+def _sample(example_inputs: tuple, nhwc: bool, names: list[str]) -> tuple[tuple, dict]:
+    """(args, kwargs) to trace with: keyword arguments named as the input spec names them (the names become the
+    signature's input names), or one NHWC keyword `input_nhwc` (names the layout in the artifact itself)."""
     if nhwc:
-        if x.ndim < 3:
-            raise ValueError(f"nhwc=True needs an input of rank >= 3 laid out (N, C, ...); got shape {tuple(x.shape)}")
+        x = example_inputs[0]
+        if len(example_inputs) != 1 or x.ndim < 3 or not x.is_floating_point():
+            raise ValueError(f"nhwc=True needs one float input of rank >= 3 laid out (N, C, ...); got "
+                             f"{[tuple(t.shape) for t in example_inputs]}")
         return (), {NHWC_INPUT_NAME: x.permute(0, *range(2, x.ndim), 1).contiguous()}
-    return tuple(example_inputs), {}
+    return (), dict(zip(names, example_inputs))
 
 
 def _wrap_nhwc(model):
@@ -233,7 +211,7 @@ class Prepared:
 CALIBRATION_CHUNK = 64  # samples per calibration forward when the batch dimension could be made dynamic
 
 
-def _export_for_calibration(module, args: tuple, kwargs: dict, nhwc: bool):
+def _export_for_calibration(module, kwargs: dict):
     """torch.export the float model for PT2E; returns (graph module, dynamic batch?).
 
     The batch dimension is made dynamic so calibration runs CALIBRATION_CHUNK samples per forward (the histogram
@@ -242,44 +220,34 @@ def _export_for_calibration(module, args: tuple, kwargs: dict, nhwc: bool):
     """
     import torch
 
-    x = kwargs[NHWC_INPUT_NAME] if nhwc else args[0]  # (b, ...)
     try:
         batch = torch.export.Dim("batch", min=1, max=1 << 16)
-        x2 = torch.cat([x[:1], x[:1]])  # (2, ...): a batch-1 example would specialise the batch dimension
-        if nhwc:
-            ep = torch.export.export(module, (), {NHWC_INPUT_NAME: x2}, dynamic_shapes={NHWC_INPUT_NAME: {0: batch}})
-        else:
-            ep = torch.export.export(module, (x2, *args[1:]), dynamic_shapes=({0: batch},) + (None,) * (len(args) - 1))
+        kw2 = {k: torch.cat([v[:1], v[:1]]) for k, v in kwargs.items()}  # (2, ...): batch 1 would specialise
+        ep = torch.export.export(module, (), kw2, dynamic_shapes={k: {0: batch} for k in kw2})
         return ep.module(), True
     except Exception as e:  # e.g. a reshape with a hard-coded batch of 1
         log.debug("dynamic-batch export for calibration failed (%s); calibrating at the static batch", e)
-        return torch.export.export(module, args, kwargs).module(), False
+        return torch.export.export(module, (), kwargs).module(), False
 
 
-def _pt2e_static(module, args: tuple, kwargs: dict, calibration: np.ndarray, nhwc: bool):
-    """Full-integer PT2E: symmetric per-channel int8 weights, static int8 activations calibrated on real samples."""
+def _pt2e_static(module, kwargs: dict, calibration: dict, nhwc: bool):
+    """Full-integer PT2E: symmetric per-channel int8 weights, static int8 activations calibrated on real samples.
+    Integer inputs (token ids, masks) feed the embedding gathers as they are: only float tensors are quantized."""
     import torch
     from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e import move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = PT2EQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True, is_dynamic=False))
-    gm, dynamic = _export_for_calibration(module, args, kwargs, nhwc)
+    gm, dynamic = _export_for_calibration(module, kwargs)
     gm = prepare_pt2e(gm, quantizer)
-    cal = np.asarray(calibration, dtype=np.float32)  # (N, C, ...) NCHW real samples
     if nhwc:
-        cal = _nchw_to_nhwc(cal)  # (N, ..., C)
-    b = int((kwargs[NHWC_INPUT_NAME] if nhwc else args[0]).shape[0])  # the example's batch
-    if dynamic:
-        starts, chunk = range(0, len(cal), CALIBRATION_CHUNK), CALIBRATION_CHUNK
-    elif len(cal) >= b:
-        starts, chunk = range(0, len(cal) - b + 1, b), b  # a static graph only takes whole batches of b
-    else:
-        raise ValueError(f"int8_static needs at least {b} calibration samples (the example batch); got {len(cal)}")
+        calibration = {NHWC_INPUT_NAME: _nchw_to_nhwc(next(iter(calibration.values())))}  # (N, ..., C)
+    b = int(next(iter(kwargs.values())).shape[0])  # the example's batch
+    names = list(kwargs)
     with torch.no_grad():
-        for i in starts:
-            part = torch.from_numpy(np.ascontiguousarray(cal[i:i + chunk]))
-            gm(**{NHWC_INPUT_NAME: part}) if nhwc else gm(part, *args[1:])
+        for args in calibration_chunks(calibration, CALIBRATION_CHUNK if dynamic else b, whole=not dynamic):
+            gm(**dict(zip(names, args)))
     gm = convert_pt2e(gm, fold_quantize=False)
     move_exported_model_to_eval(gm)
     for sub in gm.modules():  # the exported module refuses .eval(); litert warns about training mode otherwise
@@ -314,38 +282,46 @@ def _apply_recipe(flatbuffer: bytes, precision: str) -> bytes:
 # --- runtime ----------------------------------------------------------------------------------------------
 @dataclass
 class Runner:
-    """A loaded artifact: the interpreter plus the signature's single input and first output."""
+    """A loaded artifact: the interpreter, its signature (named as the input spec names them where the file says),
+    and the interpreter tensor index behind each name."""
 
     interpreter: Any
-    input: dict  # interpreter tensor details: index, shape, shape_signature, dtype, quantization
-    output: dict
-    nhwc: bool
+    signature: Signature
     path: str
-    outputs: list[str] = field(default_factory=list)  # signature output names; run() returns the first
-    resized: tuple = ()  # current input shape of a dynamic-batch artifact
-
-    @property
-    def batch(self) -> int:
-        """The artifact's batch dimension, -1 when it is dynamic."""
-        return int(self.input["shape_signature"][0])
+    index: dict[str, int]  # signature name -> interpreter tensor index
+    nhwc: set[str] = field(default_factory=set)  # inputs the artifact takes NHWC while the signature says NCHW
+    resized: dict = field(default_factory=dict)  # current shapes of dynamic-shape inputs
 
 
-def _quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    dtype = np.dtype(detail["dtype"])
-    if dtype.kind == "f":
-        return x.astype(dtype, copy=False)
-    scale, zero = detail["quantization"]
-    if scale == 0:
-        raise ValueError(f"integer input tensor {detail['name']!r} has no quantization scale; cannot feed float data")
-    info = np.iinfo(dtype)
-    return np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dtype)
+def _io_tensor(name: str, d: dict) -> IOTensor:
+    scale, zero = d.get("quantization") or (0.0, 0)
+    dtype = np.dtype(d["dtype"]).name
+    shape = tuple(int(v) if v >= 0 else None for v in d["shape_signature"])
+    quant = (float(scale), int(zero)) if scale and dtype in ("int8", "uint8", "int16") else None
+    return IOTensor(name, dtype, shape, quant)
 
 
-def _dequantize_output(y: np.ndarray, detail: dict) -> np.ndarray:
-    if np.dtype(detail["dtype"]).kind == "f":
-        return y.astype(np.float32, copy=False)
-    scale, zero = detail["quantization"]
-    return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+def _signature_of(it) -> tuple[dict[str, int], dict[str, int]]:
+    """({input name: tensor index}, {output name: tensor index}) of the serving signature, in tensor order."""
+    sigs = it._get_full_signature_list()  # {key: {"inputs": {name: index}, "outputs": {name: index}}}
+    sig = sigs.get(SIGNATURE_KEY) or next(iter(sigs.values()), None)
+    if sig is None:  # a flatbuffer without signatures (not produced by this target)
+        return ({d["name"]: d["index"] for d in it.get_input_details()},
+                {d["name"]: d["index"] for d in it.get_output_details()})
+    ins = dict(sorted(sig["inputs"].items(), key=lambda kv: kv[1]))
+    outs = dict(sorted(sig["outputs"].items(), key=lambda kv: _natural(*kv)))
+    return ins, outs
+
+
+def _natural(name: str, index: int) -> tuple:
+    """output_2 before output_10; other names by tensor index."""
+    m = re.fullmatch(r"output_(\d+)", name)
+    return (0, int(m.group(1))) if m else (1, index)
+
+
+def _names(spec, example_inputs: tuple) -> list[str]:
+    """Keyword names to trace with: the spec's input names (they become the signature's), else args_<i>."""
+    return list(spec.names) if spec is not None else [f"args_{i}" for i in range(len(example_inputs))]
 
 
 def _dtype_name(t) -> str:
@@ -403,29 +379,66 @@ def _flatbuffer_summary(data: bytes) -> dict:
             "weight_bytes": weight_bytes, "weight_params": weight_params, "subgraphs": model.SubgraphsLength()}
 
 
+def _metadata(data: bytes) -> dict[str, str]:
+    """The flatbuffer's own metadata entries (name -> text), e.g. the input spec ondevice writes."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    out = {}
+    for i in range(model.MetadataLength()):
+        md = model.Metadata(i)
+        buf = model.Buffers(md.Buffer())
+        if buf.DataLength():
+            out[md.Name().decode()] = bytes(buf.DataAsNumpy()).rstrip(b"\0").decode("utf-8", "replace")
+    return out
+
+
+def with_metadata(data: bytes, entries: dict[str, str]) -> bytes:
+    """`data` with metadata entries added (TFLite `Model.metadata`: a name and a buffer each). A flatbuffer whose
+    weights live outside the table (buffer offsets, models > 2 GB) is returned unchanged: re-packing would drop them."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(data, 0)
+    if not entries or any(model.Buffers(i).Offset() > 1 for i in range(model.BuffersLength())):
+        return data
+    mt = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+    mt.metadata = [m for m in (mt.metadata or []) if m.name.decode() not in entries] if mt.metadata else []
+    for name, text in entries.items():
+        buf = schema.BufferT()
+        buf.data = np.frombuffer(text.encode("utf-8"), np.uint8)
+        mt.buffers.append(buf)
+        md = schema.MetadataT()
+        md.name, md.buffer = name, len(mt.buffers) - 1
+        mt.metadata.append(md)
+    b = flatbuffers.Builder(len(data) + 4096)
+    b.Finish(mt.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
 class TFLiteTarget(Target):
     _threads: int | None = None
 
     # -- protocol -------------------------------------------------------------------------------------------
-    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: np.ndarray | None,
-                 nhwc: bool = False, **options) -> Prepared:
+    def quantize(self, model, precision: Precision, example_inputs: tuple, calibration: dict | None,
+                 nhwc: bool = False, spec=None, **options) -> Prepared:
         module = _wrap_nhwc(model.eval()) if nhwc else model.eval()
         if precision.name != "int8_static":
             return Prepared(module, bool(nhwc))
-        if calibration is None or len(calibration) == 0:
+        if not calibration or len(next(iter(calibration.values()))) == 0:
             raise ValueError("int8_static needs calibration= real samples from your dataset (e.g. 256 training "
-                             "images), not random tensors")
-        args, kwargs = _sample(example_inputs, nhwc)
+                             "samples), not random tensors")
+        args, kwargs = _sample(example_inputs, nhwc, _names(spec, example_inputs))
         with _converting("PT2E quantization (torch.export, prepare_pt2e, calibration, convert_pt2e)", precision.name,
                          module, args, kwargs):
-            gm, q = _pt2e_static(module, args, kwargs, calibration, bool(nhwc))
+            gm, q = _pt2e_static(module, kwargs, calibration, bool(nhwc))
         return Prepared(gm, bool(nhwc), q)
 
     def export(self, prepared: Prepared, precision: Precision, example_inputs: tuple, out: Path,
-               calibration: np.ndarray | None = None, **options) -> Path:
+               calibration: dict | None = None, spec=None, **options) -> Path:
         if not isinstance(prepared, Prepared):  # a bare module handed straight to export
-            prepared = self.quantize(prepared, precision, example_inputs, calibration, **options)
-        args, kwargs = _sample(example_inputs, prepared.nhwc)
+            prepared = self.quantize(prepared, precision, example_inputs, calibration, spec=spec, **options)
+        args, kwargs = _sample(example_inputs, prepared.nhwc, _names(spec, example_inputs))
         with _converting("litert_torch.convert", precision.name, prepared.module, args, kwargs):
             import litert_torch
 
@@ -439,67 +452,89 @@ class TFLiteTarget(Target):
         if precision.name in POST_CONVERSION:
             with _converting(f"ai-edge-quantizer {precision.name} recipe", precision.name):
                 data = _apply_recipe(bytes(data), precision.name)
-        atomic_write_bytes(out, bytes(data))
+        atomic_write_bytes(out, with_metadata(bytes(data), artifact_metadata(spec)))
         return Path(out)
 
-    def load(self, path: Path) -> Runner:
-        with _quiet():
-            from ai_edge_litert.interpreter import Interpreter
+    def load(self, path: Path, spec=None) -> Runner:
+        """Inputs are named by the signature (the spec's names, or `input_nhwc`); with an input spec (given, or in
+        the file's own metadata) the outputs get the spec's names, and an NHWC input is offered as the spec's NCHW
+        tensor (run() transposes)."""
+        try:
+            with _quiet():
+                from ai_edge_litert.interpreter import Interpreter
 
-            it = Interpreter(model_path=str(path), num_threads=self._threads)
-            details = {d["index"]: d for d in it.get_input_details() + it.get_output_details()}
-            sigs = it._get_full_signature_list()  # {key: {"inputs": {name: index}, "outputs": {name: index}}}
-            sig = sigs.get(SIGNATURE_KEY) or next(iter(sigs.values()), None)
-            if sig is not None:
-                ins, outs = sig["inputs"], sig["outputs"]
-            else:  # a flatbuffer without signatures (not produced by this target)
-                ins = {d["name"]: d["index"] for d in it.get_input_details()}
-                outs = {d["name"]: d["index"] for d in it.get_output_details()}
-            if len(ins) != 1:
-                raise ValueError(f"{path}: run() feeds one input tensor; this artifact has {len(ins)}: {list(ins)}")
-            (in_name, in_index), = ins.items()
-            it.allocate_tensors()
-        return Runner(it, details[in_index], details[next(iter(outs.values()))], nhwc=in_name == NHWC_INPUT_NAME,
-                      path=str(path), outputs=list(outs))
-
-    def run(self, runner: Runner, x: np.ndarray) -> np.ndarray:
-        """x: (N, C, ...) float32 NCHW for any N -> (N, ...) float32 outputs of the signature's first output."""
-        x = np.asarray(x, dtype=np.float32)
-        want = tuple(int(d) for d in runner.input["shape"][1:])  # one sample as the artifact takes it
-        if runner.nhwc:
-            want = (want[-1], *want[:-1])  # ... and as run() takes it: NCHW
-        if tuple(x.shape[1:]) != want:
-            note = f" (the artifact itself takes NHWC {tuple(int(d) for d in runner.input['shape'][1:])}; run() " \
-                   f"transposes for you)" if runner.nhwc else ""
-            raise ValueError(f"{runner.path}: run() takes NCHW samples of shape {want}{note}; got {tuple(x.shape[1:])}")
-        if len(x) == 0:
-            return np.zeros((0, *(int(d) for d in runner.output["shape"][1:])), np.float32)
-        if runner.nhwc:
-            x = _nchw_to_nhwc(x)  # (N, C, H, W) -> (N, H, W, C)
-        xq = _quantize_input(x, runner.input)
-        it, i_in, i_out = runner.interpreter, runner.input["index"], runner.output["index"]
-        if runner.batch == -1:  # dynamic batch: one invoke
-            if runner.resized != xq.shape:
-                it.resize_tensor_input(i_in, list(xq.shape))
+                it = Interpreter(model_path=str(path), num_threads=self._threads)
+                ins, outs = _signature_of(it)
                 it.allocate_tensors()
-                runner.resized = xq.shape
-            it.set_tensor(i_in, xq)
-            it.invoke()
-            return _dequantize_output(it.get_tensor(i_out), runner.output)
-        b = int(runner.input["shape"][0])  # static batch: invoke per chunk of b samples, zero-padding the last
-        outs = []
-        for i in range(0, len(xq), b):
-            chunk = xq[i:i + b]
-            n = len(chunk)
-            if n < b:
-                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), chunk.dtype)])
-            it.set_tensor(i_in, np.ascontiguousarray(chunk))
-            it.invoke()
-            outs.append(_dequantize_output(it.get_tensor(i_out), runner.output)[:n])
-        return np.concatenate(outs)
+        except Exception as e:
+            raise ArtifactError(f"{path}: LiteRT cannot load it ({first_line(e, 200)}); the file is damaged or not "
+                                f"a .tflite model: export it again") from e
+        details = {d["index"]: d for d in it.get_input_details() + it.get_output_details()}
+        sig = Signature(tuple(_io_tensor(n, details[i]) for n, i in ins.items()),
+                        tuple(_io_tensor(n, details[i]) for n, i in outs.items()))
+        index = {**ins, **outs}
+        spec = spec if spec is not None else spec_from_metadata(_metadata(Path(path).read_bytes()))
+        nhwc: set[str] = set()
+        if spec is not None:
+            if list(ins) == [NHWC_INPUT_NAME] and len(spec.inputs) == 1:
+                t = sig.inputs[0]
+                sig = Signature((IOTensor(t.name, t.dtype, _nhwc_to_nchw(t.shape), t.quantization),), sig.outputs)
+                nhwc = {spec.names[0]}
+            renamed = named_like_spec(sig, spec, str(path))
+            index = {new.name: index[old.name] for new, old in zip(renamed.inputs + renamed.outputs,
+                                                                   sig.inputs + sig.outputs)}
+            sig = renamed
+        return Runner(it, sig, str(path), index, nhwc)
 
-    def inspect(self, path: Path) -> dict:
-        info = _flatbuffer_summary(Path(path).read_bytes())
+    def call(self, runner: Runner, feeds: dict) -> dict:
+        it = runner.interpreter
+        resize = False
+        for t in runner.signature.inputs:
+            x = feeds[t.name]
+            if t.name in runner.nhwc:
+                x = _nchw_to_nhwc(x)  # (N, C, H, W) -> (N, H, W, C), as the artifact takes it
+            if any(d is None for d in t.shape) and runner.resized.get(t.name) != x.shape:
+                it.resize_tensor_input(runner.index[t.name], list(x.shape))
+                runner.resized[t.name] = x.shape
+                resize = True
+            feeds = {**feeds, t.name: x}
+        if resize:
+            it.allocate_tensors()
+        for t in runner.signature.inputs:
+            it.set_tensor(runner.index[t.name], feeds[t.name])
+        it.invoke()
+        return {t.name: it.get_tensor(runner.index[t.name]) for t in runner.signature.outputs}
+
+    def bind(self, runner: Runner, feeds: dict, carry: dict[str, str] | None = None):
+        """set_tensor for each input, invoke, get_tensor for each output: the LiteRT call a phone app makes."""
+        it = runner.interpreter
+        back = [(runner.index[i], runner.index[o]) for i, o in (carry or {}).items()]
+        carried = {i for i, _ in back}
+        sets = [(runner.index[t.name], _nchw_to_nhwc(feeds[t.name]) if t.name in runner.nhwc else feeds[t.name])
+                for t in runner.signature.inputs]
+        gets = [runner.index[t.name] for t in runner.signature.outputs]
+        set_tensor, invoke, get_tensor = it.set_tensor, it.invoke, it.get_tensor
+        for i, x in sets:  # the initial state too
+            set_tensor(i, x)
+        sets = [(i, x) for i, x in sets if i not in carried]  # a carried state is not reset on every call
+
+        def step():
+            for i, x in sets:
+                set_tensor(i, x)
+            invoke()
+            for i, o in back:  # the state output becomes the next call's state input
+                set_tensor(i, get_tensor(o))
+            return [get_tensor(o) for o in gets]
+
+        return step
+
+    def inspect(self, path: Path) -> Inspection:
+        data = Path(path).read_bytes()
+        try:
+            info = _flatbuffer_summary(data)
+        except Exception as e:
+            raise ArtifactError(f"{path}: not a readable .tflite flatbuffer ({first_line(e, 200)}); export it "
+                                f"again") from e
         runner = self.load(path)
         it = runner.interpreter
 
@@ -507,12 +542,17 @@ class TFLiteTarget(Target):
             return [{"name": d["name"], "shape": [int(s) for s in d["shape_signature"]],
                      "dtype": _dtype_name(d["dtype"]), "quantization": _quant_params(d)} for d in details]
 
-        info["inputs"] = describe([runner.input])
-        info["outputs"] = describe(it.get_output_details())
-        info["input_layout"] = "NHWC" if runner.nhwc else "as traced (NCHW for images)"
-        info["integer_io"] = any(np.dtype(d["dtype"]).kind in "iu" for d in info["inputs"] + info["outputs"])
-        info["signatures"] = list(it.get_signature_list())
-        return info
+        ins = describe([d for d in it.get_input_details()])
+        outs = describe(it.get_output_details())
+        nhwc = list(_signature_of(it)[0]) == [NHWC_INPUT_NAME]
+        details = {"weight_params": info["weight_params"], "subgraphs": info["subgraphs"],
+                   "input_layout": "NHWC" if nhwc else "as traced (NCHW for images)",
+                   "integer_io": any(np.dtype(d["dtype"]).kind in "iu" for d in ins + outs),
+                   "signatures": list(it.get_signature_list()),
+                   "signature_inputs": [t.to_dict() for t in runner.signature.inputs]}
+        return Inspection(format="tflite", ops=info["ops"], weight_bytes=info["weight_bytes"],
+                          weight_tensors=info["weight_dtypes"], inputs=ins, outputs=outs,
+                          metadata=read_metadata(_metadata(data)), details=details)
 
     def runtime_memory(self, path: Path) -> dict:
         return {}  # the LiteRT Python interpreter does not expose its arena size
