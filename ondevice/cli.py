@@ -31,13 +31,19 @@ the working directory unless given on the command line. --fresh deletes only fil
 
 
 def quiet_backends() -> None:
-    """Silence known-harmless import noise of the backend SDKs (TF/absl/jax logs, coremltools version warnings)."""
+    """Silence known-harmless import noise of the backend SDKs (the loggers each TargetSpec names in quiet_loggers,
+    TF/absl/jax logs, version warnings)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     import logging
     import warnings
 
-    for name in ("absl", "jax", "coremltools", "torchao", "onnxscript", "torch.onnx", "root"):
+    from .target import get_spec, target_names
+
+    names = {"absl", "jax", "torchao", "root"}
+    for t in target_names():
+        names.update(get_spec(t).quiet_loggers)
+    for name in sorted(names):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*(untested|not been tested).*")
     warnings.filterwarnings("ignore", category=DeprecationWarning)

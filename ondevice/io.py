@@ -1,6 +1,7 @@
 """Atomic writes, JSON that survives inf/NaN, checksums and environment records."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -188,19 +189,42 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def library_versions(names: tuple[str, ...] = (
-    "torch", "numpy", "onnx", "onnxruntime", "executorch", "torchao", "litert-torch", "ai-edge-litert",
-    "coremltools", "ondevice",
-)) -> dict[str, str | None]:
+CORE_LIBRARIES = ("torch", "numpy")
+
+
+def library_versions(names: tuple[str, ...] | None = None) -> dict[str, str | None]:
+    """Installed versions of torch, numpy, every registered target's SDK (the distributions providing the import
+    names its TargetSpec requires) and ondevice; None where not installed."""
     from importlib.metadata import PackageNotFoundError, version
 
     out: dict[str, str | None] = {}
-    for n in names:
+    for n in names if names is not None else (*CORE_LIBRARIES, *target_distributions(), "ondevice"):
         try:
             out[n] = version(n)
         except PackageNotFoundError:
             out[n] = None
     return out
+
+
+def target_distributions() -> tuple[str, ...]:
+    """Distribution names behind every registered target's `requires` import names, in target order."""
+    from .target import get_spec, target_names
+
+    dists = _import_to_distributions()
+    out: list[str] = []
+    for t in target_names():
+        for mod in get_spec(t).requires:
+            for d in dists.get(mod.split(".")[0], [mod]):
+                if d not in out and d not in CORE_LIBRARIES:
+                    out.append(d)
+    return tuple(out)
+
+
+@functools.lru_cache(maxsize=1)
+def _import_to_distributions() -> dict[str, list[str]]:
+    from importlib.metadata import packages_distributions
+
+    return {k: sorted(set(v)) for k, v in packages_distributions().items()}
 
 
 def cpu_model() -> str:

@@ -75,6 +75,7 @@ class TargetSpec:
     no_runtime_reason: str = ""
     precision_costs: dict[str, Cost] = field(default_factory=dict)
     dynamic_axes: tuple[str, ...] = ("batch",)
+    quiet_loggers: tuple[str, ...] = ()  # SDK loggers whose import noise the CLI silences
 
     def pip_line(self) -> str:
         return f"pip install 'ondevice[{self.extra}]'"
@@ -193,6 +194,9 @@ class Inspection:
     metadata: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
     def to_dict(self) -> dict:
         """The record form: the schema fields, their totals, and `details` flattened in (`weight_dtypes` = the
         tensor counts per dtype, the name older records used)."""
@@ -289,7 +293,7 @@ def _check_shape(t: IOTensor, shape: tuple, where: str, batch_axis: bool = True)
             raise InputMismatchError(
                 f"{where}: input {t.name!r} has {got} positions on axis 1, longer than the exported fixed length "
                 f"{want}; truncate it to {want} (tokenizer max_length={want}) or export again with a longer max "
-                f"length (a runtime with a dynamic sequence axis, e.g. onnxruntime, takes any length)")
+                f"length" + _dynamic_seq_hint())
         if i == 1:
             raise InputMismatchError(
                 f"{where}: input {t.name!r} has {got} positions on axis 1; the artifact was exported with the fixed "
@@ -297,6 +301,11 @@ def _check_shape(t: IOTensor, shape: tuple, where: str, batch_axis: bool = True)
         raise InputMismatchError(f"{where}: input {t.describe()} needs size {want} on axis {i}, got shape "
                                  f"{tuple(shape)}" + (" (the artifact's own layout: `ondevice inspect` prints it)"
                                                       if i > 1 else ""))
+
+
+def _dynamic_seq_hint() -> str:
+    names = [n for n in target_names() if "seq" in get_spec(n).dynamic_axes]
+    return f" (targets with a dynamic sequence axis take any length: {', '.join(names)})" if names else ""
 
 
 def _convert(t: IOTensor, x, where: str):

@@ -1,23 +1,34 @@
 """Small real models for the cross-target conformance suite, each trained briefly on real data.
 
-Every model takes one float32 tensor (N, 1, H, W) and returns logits (N, 10). The four digits models use
+The image models take one float32 tensor (N, 1, H, W) and return logits (N, 10): the four digits models use
 scikit-learn's 8x8 digits (through ``ondevice.data.load_dataset("digits")``); the example student is the project's
-``mnist_small_cnn`` trained on real MNIST. Training is seeded and single-threaded, so the same weights come out on
-every run; quantization is therefore judged on meaningful weights, not random ones.
+``mnist_small_cnn`` trained on real MNIST. The any-model cases take what real models take: int64 token ids with a
+padding mask (WordNet glosses), a recurrent state in and out, two inputs and two outputs. Training is seeded and
+single-threaded, so the same weights come out on every run; quantization is therefore judged on meaningful weights,
+not random ones.
 
 Names (``MODEL_NAMES``):
-  mlp          Flatten -> Linear(64, 64) -> ReLU -> Linear(64, 10)
-  conv_bn      two 3x3 conv + BatchNorm + ReLU, max-pool, Linear
-  dw_separable 3x3 conv, depthwise 3x3 + pointwise 1x1 (BatchNorm, ReLU6), global average pool, Linear
-  transformer  one pre-norm encoder block written with plain ops (LayerNorm, softmax attention, GELU MLP);
-               the 8x8 image is read as 8 tokens (rows) of 8 features
-  student      ondevice.models.build_model("mnist_small_cnn") on 28x28 MNIST
+  mlp            Flatten -> Linear(64, 64) -> ReLU -> Linear(64, 10)
+  conv_bn        two 3x3 conv + BatchNorm + ReLU, max-pool, Linear
+  dw_separable   3x3 conv, depthwise 3x3 + pointwise 1x1 (BatchNorm, ReLU6), global average pool, Linear
+  transformer    one pre-norm encoder block written with plain ops (LayerNorm, softmax attention, GELU MLP);
+                 the 8x8 image is read as 8 tokens (rows) of 8 features
+  student        ondevice.models.build_model("mnist_small_cnn") on 28x28 MNIST
+  token_encoder  ondevice's BERT-style text_encoder (token + position embeddings, padding mask, one block) on
+                 {"input_ids", "attention_mask"} int64 (N, 16) WordNet glosses -> 45 supersense logits
+  causal_lm      ondevice's GPT-style causal_lm on byte-tokenised WordNet glosses -> (N, 16, 259) next-byte logits
+  lstm_stream    one step of a streaming LSTM: {"x": a digit row (N, 8), "h", "c": (N, 32) state} -> {"logits",
+                 "h_next", "c_next"}; h and c are state inputs fed by h_next and c_next
+  two_in_two_out {"image": (N, 1, 8, 8), "stats": (N, 4)} -> {"digit": (N, 10) logits, "ink": (N, 1) regression}
+  mobilenet_v3   ondevice's MobileNetV3-Small, first 4 blocks at width 0.5 (hardswish, squeeze-excitation,
+                 depthwise) on 8x8 digits
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +36,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DIGITS_MODELS = ("mlp", "conv_bn", "dw_separable", "transformer")
-MODEL_NAMES = DIGITS_MODELS + ("student",)
+ANY_MODELS = ("token_encoder", "causal_lm", "lstm_stream", "two_in_two_out", "mobilenet_v3")
+MODEL_NAMES = DIGITS_MODELS + ("student",) + ANY_MODELS
 
 SEED = 0
 N_CALIBRATION = 256  # real training samples used to calibrate int8 activation ranges
@@ -117,15 +129,18 @@ DIGITS_BUILDERS = {"mlp": MLP, "conv_bn": ConvBN, "dw_separable": DWSeparable, "
 # ------------------------------------------------------------------------------------------------------ data
 @dataclass(frozen=True)
 class ModelCase:
-    """A trained model plus the real samples to calibrate and verify it with (NumPy float32, labels int64)."""
+    """A trained model plus the real samples to calibrate and verify it with: one array (N, ...) or a dict of named
+    arrays in the form the model takes; labels (N,) int64 where the task has class labels."""
 
     name: str
     model: nn.Module
-    calibration: np.ndarray  # (256, 1, H, W) training samples
-    x_verify: np.ndarray  # (N, 1, H, W) held-out test samples
-    y_verify: np.ndarray  # (N,)
-    train_accuracy: float
-    test_accuracy: float
+    calibration: Any  # (256, 1, H, W) training samples, or {name: (n, ...)}
+    x_verify: Any  # (N, 1, H, W) held-out test samples, or {name: (N, ...)}
+    y_verify: np.ndarray | None  # (N,)
+    train_accuracy: float | None
+    test_accuracy: float | None
+    task: str = "classification"
+    input_spec: Any = None  # an InputSpec when the samples cannot say it all (state inputs)
 
 
 @lru_cache(maxsize=None)
@@ -195,4 +210,203 @@ def student_case(n_train: int = 12000, epochs: int = 2) -> ModelCase:
 
 
 def make_case(name: str) -> ModelCase:
-    return student_case() if name == "student" else digits_case(name)
+    if name == "student":
+        return student_case()
+    if name in ANY_BUILDERS:
+        return any_case(name)
+    return digits_case(name)
+
+
+# ------------------------------------------------------------------------------------------------ any-model cases
+N_TEXT_TRAIN = 3000  # WordNet glosses the text models train on (seconds on 2 cores)
+N_ANY_CALIBRATION = 64
+N_ANY_VERIFY = 128
+TEXT_LENGTH = 16
+
+
+@lru_cache(maxsize=None)
+def _text(name: str):
+    from ondevice.data import load_dataset
+
+    kw = {"tokenizer": "words", "max_length": TEXT_LENGTH} if name == "wordnet" else {"max_length": TEXT_LENGTH}
+    return load_dataset(name, seed=SEED, val_fraction=0.0, kwargs=kw)
+
+
+def _arrays(tree) -> Any:
+    return {k: v.numpy() for k, v in tree.items()} if isinstance(tree, dict) else tree.numpy()
+
+
+def _train_steps(model: nn.Module, batches, loss_fn, *, steps: int, lr: float = 3e-3) -> nn.Module:
+    """Seeded Adam for `steps` steps over an iterator of (inputs, targets) batches; returns the eval model."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    for _, (x, y) in zip(range(steps), batches):
+        loss = loss_fn(model, x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _cycle(split, batch_size: int):
+    g = torch.Generator().manual_seed(SEED)
+    while True:
+        yield from split.batches(batch_size, shuffle=True, generator=g)
+
+
+def token_encoder_case() -> ModelCase:
+    from ondevice.textnets import text_encoder
+
+    ds = _text("wordnet")
+    train = ds.train.take(N_TEXT_TRAIN)
+    torch.manual_seed(SEED)
+    model = text_encoder(vocab_size=8000, dim=32, layers=1, heads=2, ffn=64, max_len=TEXT_LENGTH,
+                         num_classes=ds.info.num_classes)
+    model = _train_steps(model, _cycle(train, 64), lambda m, x, y: F.cross_entropy(m(**x), y), steps=150)
+    cal, ver = train.take(N_ANY_CALIBRATION), ds.test.take(N_ANY_VERIFY)
+    with torch.no_grad():
+        acc = float((model(**ver.x).argmax(1) == ver.y).float().mean())
+    return ModelCase("token_encoder", model, _arrays(cal.x), _arrays(ver.x), ver.y.numpy(), None, acc)
+
+
+def causal_lm_case() -> ModelCase:
+    from ondevice.textnets import causal_lm
+
+    ds = _text("wordnet-lm")
+    train = ds.train.take(N_TEXT_TRAIN)
+    torch.manual_seed(SEED)
+    model = causal_lm(vocab_size=259, dim=32, layers=1, heads=2, ffn=64, max_len=TEXT_LENGTH)
+
+    def loss(m, x, y):  # next-byte cross-entropy over the real positions (targets -100 elsewhere)
+        return F.cross_entropy(m(**x).flatten(0, 1), y.flatten(), ignore_index=-100)
+
+    model = _train_steps(model, _cycle(train, 64), loss, steps=150)
+    cal, ver = train.take(N_ANY_CALIBRATION), ds.test.take(N_ANY_VERIFY)
+    with torch.no_grad():
+        keep = ver.y != -100
+        acc = float((model(**ver.x).argmax(-1)[keep] == ver.y[keep]).float().mean())
+    return ModelCase("causal_lm", model, _arrays(cal.x), _arrays(ver.x), None, None, acc, task="token_lm")
+
+
+class LSTMStream(nn.Module):
+    """One step of a streaming LSTM classifier: reads a digit row by row, carrying (h, c) between calls."""
+
+    def __init__(self, features: int = 8, hidden: int = 32, num_classes: int = 10):
+        super().__init__()
+        self.cell = nn.LSTMCell(features, hidden)
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor, c: torch.Tensor) -> dict:  # (N, 8), (N, H), (N, H)
+        h2, c2 = self.cell(x, (h, c))  # (N, H) each
+        return {"logits": self.head(h2), "h_next": h2, "c_next": c2}
+
+
+def _stream(model: LSTMStream, rows: torch.Tensor, upto: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run rows 0..upto-1 of (N, 8, 8) images; returns (logits, h, c) after `upto` steps."""
+    n = len(rows)
+    h = c = torch.zeros(n, model.cell.hidden_size)
+    out = None
+    for t in range(upto):
+        out = model(rows[:, t], h, c)
+        h, c = out["h_next"], out["c_next"]
+    return out["logits"], h, c
+
+
+def lstm_stream_case() -> ModelCase:
+    """Trained to classify a digit after reading its 8 rows; verified one step mid-stream (rows 0-4 read, the
+    state of step 5 and row 5 given), so the state inputs carry real values."""
+    from ondevice.spec import infer_spec
+
+    ds = _dataset("digits")
+    rows = ds.train.x.reshape(-1, 8, 8)  # (N, 8 rows, 8 features)
+    torch.manual_seed(SEED)
+    model = LSTMStream()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(100):
+        idx = torch.randint(0, len(rows), (128,), generator=g)
+        loss = F.cross_entropy(_stream(model, rows[idx], 8)[0], ds.train.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    def step_inputs(x: torch.Tensor) -> dict:
+        with torch.no_grad():
+            _, h, c = _stream(model, x.reshape(-1, 8, 8), 5)
+        return {"x": x.reshape(-1, 8, 8)[:, 5].numpy(), "h": h.numpy(), "c": c.numpy()}
+
+    cal, ver = step_inputs(ds.train.x[:N_ANY_CALIBRATION]), step_inputs(ds.test.x[:N_ANY_VERIFY])
+    with torch.no_grad():
+        acc = float((_stream(model, ds.test.x.reshape(-1, 8, 8), 8)[0].argmax(1) == ds.test.y).float().mean())
+        example = {k: torch.from_numpy(v[:2]) for k, v in ver.items()}
+        spec = infer_spec(example, model(**example), states={"h": "h_next", "c": "c_next"})
+    return ModelCase("lstm_stream", model, cal, ver, None, None, acc, input_spec=spec)
+
+
+class TwoInTwoOut(nn.Module):
+    """{"image": (N, 1, 8, 8), "stats": (N, 4)} -> {"digit": (N, 10) logits, "ink": (N, 1) mean ink (regression)}."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())  # (N, 128)
+        self.mix = nn.Linear(128 + 4, 32)
+        self.digit, self.ink = nn.Linear(32, 10), nn.Linear(32, 1)
+
+    def forward(self, image: torch.Tensor, stats: torch.Tensor) -> dict:
+        h = F.relu(self.mix(torch.cat([self.conv(image), stats], 1)))  # (N, 32)
+        return {"digit": self.digit(h), "ink": self.ink(h)}
+
+
+def _stats(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 8, 8) -> (N, 4): mean ink of the top, bottom, left and right halves."""
+    return torch.stack([x[..., :4, :].mean((1, 2, 3)), x[..., 4:, :].mean((1, 2, 3)), x[..., :4].mean((1, 2, 3)),
+                        x[..., 4:].mean((1, 2, 3))], 1)
+
+
+def two_in_two_out_case() -> ModelCase:
+    ds = _dataset("digits")
+    torch.manual_seed(SEED)
+    model = TwoInTwoOut()
+    x, y = ds.train.x, ds.train.y
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(SEED)
+    for _ in range(8):
+        for idx in torch.randperm(len(x), generator=g).split(64):
+            out = model(x[idx], _stats(x[idx]))
+            loss = F.cross_entropy(out["digit"], y[idx]) + F.mse_loss(out["ink"][:, 0], x[idx].mean((1, 2, 3)))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    model.eval()
+
+    def inputs(xs: torch.Tensor) -> dict:
+        return {"image": xs.numpy(), "stats": _stats(xs).numpy()}
+
+    with torch.no_grad():
+        acc = float((model(ds.test.x, _stats(ds.test.x))["digit"].argmax(1) == ds.test.y).float().mean())
+    return ModelCase("two_in_two_out", model, inputs(x[:N_CALIBRATION]), inputs(ds.test.x), ds.test.y.numpy(),
+                     None, acc)
+
+
+def mobilenet_v3_case() -> ModelCase:
+    from ondevice.models import build_model
+
+    ds = _dataset("digits")
+    torch.manual_seed(SEED)
+    model = build_model("mobilenet_v3_small", num_classes=10, in_channels=1, width_mult=0.5, blocks=4, hidden=64,
+                        dropout=0.0)
+    model = train(model, ds.train.x, ds.train.y, epochs=15)
+    return _case("mobilenet_v3", model, ds, None)
+
+
+ANY_BUILDERS = {"token_encoder": token_encoder_case, "causal_lm": causal_lm_case, "lstm_stream": lstm_stream_case,
+                "two_in_two_out": two_in_two_out_case, "mobilenet_v3": mobilenet_v3_case}
+
+
+@lru_cache(maxsize=None)
+def any_case(name: str) -> ModelCase:
+    """Build and briefly train one of ANY_MODELS (seeded; seconds each)."""
+    if name not in ANY_BUILDERS:
+        raise ValueError(f"unknown conformance model {name!r}; valid: {', '.join(ANY_BUILDERS)}")
+    return ANY_BUILDERS[name]()

@@ -62,4 +62,5 @@ def export_case(case, target: str, precision: str, tmp_path: Path, **options):
     from ondevice.export import export
 
     return export(case.model, target, precision, out=tmp_path / f"{case.name}_{precision}",
-                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify), **options)
+                  calibration=case.calibration, verify_data=(case.x_verify, case.y_verify),
+                  task=getattr(case, "task", None), input_spec=getattr(case, "input_spec", None), **options)

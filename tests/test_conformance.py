@@ -8,10 +8,17 @@ up through `ondevice.target.target_names()`, so a new target folder joins the ma
 Default run: every target x every precision on the MLP and the example student (QUICK_MODELS). The other models
 are marked `slow` (`pytest -m slow` runs them, `pytest -m "slow or not slow"` the whole matrix). A JSON report
 of every case that ran (size, SQNR, top-1 agreement, accuracy, op coverage, seconds) is written atomically at the
-end of the session to $ONDEVICE_CONFORMANCE_REPORT, else build/conformance.json.
+end of the session to $ONDEVICE_CONFORMANCE_REPORT, else build/conformance.json; its `cells` are what
+`benchmarks/conformance_matrix.py` commits as benchmarks/results/conformance_matrix.json.
 
-Known converter/runtime limits live in ONE table, EXPECTED_FAILURES, each marked xfail(strict=True): a case that
-starts passing is reported as XPASS(strict) -> failure, so the table cannot go stale silently.
+The models include what real deployments feed (tests/conformance_models.py): int64 token ids with a padding mask,
+a causal LM's (B, T, V) logits, a streaming LSTM with its state in and out, two inputs and two outputs, and a
+MobileNetV3 block; each is verified by its task's criteria (ondevice.verify).
+
+Known converter/runtime limits live in ONE table, EXPECTED_FAILURES: (pattern of the converter's or runtime's own
+error, why). Each is a strict xfail that only counts when the artifact's recorded error matches the pattern: a case
+that starts passing is XPASS(strict) -> failure, one failing for another reason is a plain failure, so the table
+cannot go stale silently.
 """
 from __future__ import annotations
 
@@ -26,7 +33,9 @@ import pytest
 import conformance_models as cm
 from helpers import export_case
 from ondevice.errors import MissingBackendError
-from ondevice.export import run_target, torch_outputs
+from ondevice.export import fit_to_spec, named_arrays, run_target, torch_outputs
+from ondevice.flatmodel import flat_model
+from ondevice.spec import InputSpec
 from ondevice.io import atomic_write_json, machine_record
 from ondevice.target import get_spec, get_target, target_names
 from ondevice.verify import compare, thresholds_for
@@ -35,12 +44,17 @@ QUICK_MODELS = ("mlp", "student")
 REPORT_ENV = "ONDEVICE_CONFORMANCE_REPORT"
 DEFAULT_REPORT = Path(__file__).resolve().parent.parent / "build" / "conformance.json"
 
-# (target, precision, model) -> why it fails. Only genuine converter/runtime limits, each with a precise reason
-# (measured on this machine; see the targets' READMEs). "*" in the model slot covers every model.
-EXPECTED_FAILURES: dict[tuple[str, str, str], str] = {}
+# (target, precision, model) -> (regex on the artifact's recorded error, why it fails). Only genuine converter/runtime
+# limits, each with the converter's or runtime's own words (measured on this machine; see the targets' READMEs). "*"
+# in the model slot covers every model.
+EXPECTED_FAILURES: dict[tuple[str, str, str], tuple[str, str]] = {}
 
 
-def expected_failure(target: str, precision: str, model: str) -> str | None:
+class ExpectedConverterError(AssertionError):
+    """Raised only when a case fails with the error its EXPECTED_FAILURES entry names (the strict xfail's `raises`)."""
+
+
+def expected_failure(target: str, precision: str, model: str) -> tuple[str, str] | None:
     return EXPECTED_FAILURES.get((target, precision, model)) or EXPECTED_FAILURES.get((target, precision, "*"))
 
 
@@ -49,9 +63,9 @@ def _cases():
         for precision in get_spec(target).precisions:
             for model in cm.MODEL_NAMES:
                 marks = [] if model in QUICK_MODELS else [pytest.mark.slow]
-                reason = expected_failure(target, precision, model)
-                if reason:
-                    marks.append(pytest.mark.xfail(strict=True, reason=reason))
+                expected = expected_failure(target, precision, model)
+                if expected:
+                    marks.append(pytest.mark.xfail(strict=True, reason=expected[1], raises=ExpectedConverterError))
                 yield pytest.param(target, precision, model, id=f"{target}-{precision}-{model}", marks=marks)
 
 
@@ -73,6 +87,11 @@ def conformance_report():
     if not records:
         return
     per_target: dict[str, dict] = {}
+    cells = [_cell(r) for r in records]
+    fp32 = {(c["model"], c["target"]): c["size_bytes"] for c in cells if c["precision"] == "fp32" and c["size_bytes"]}
+    for c in cells:
+        base = fp32.get((c["model"], c["target"]))
+        c["size_ratio_vs_fp32"] = c["size_bytes"] / base if base and c["size_bytes"] else None
     for r in records:
         t = per_target.setdefault(r["target"], {"cases": 0, "verified": 0, "seconds": 0.0})
         t["cases"] += 1
@@ -88,16 +107,34 @@ def conformance_report():
         "models": {name: {"train_accuracy": c.train_accuracy, "test_accuracy": c.test_accuracy,
                           "verify_samples": int(len(c.x_verify))}
                    for name, c in _used_cases.items()},
-        "expected_failures": {"/".join(k): v for k, v in EXPECTED_FAILURES.items()},
+        "expected_failures": {"/".join(k): {"error": v[0], "reason": v[1]} for k, v in EXPECTED_FAILURES.items()},
+        "cells": cells,
         "cases": records,
     })
+
+
+def _cell(r: dict) -> dict:
+    """One matrix cell in the committed schema: status verified | xfail | failed, the reason (the converter's own error
+    for an xfail), SQNR, agreement and the size relative to the same target's fp32 file of that model."""
+    status = "verified" if r["status"] == "verified" else ("xfail" if r.get("expected_failure") else "failed")
+    crit = r.get("criteria") or {}
+    agreement = r.get("top1_agreement")
+    kind = "top1_agreement" if agreement is not None else None
+    for k in ("next_token_agreement", "nn_agreement@1", "digit.top1_agreement"):
+        if agreement is None and k in crit:
+            agreement, kind = crit[k], k
+    return {"model": r["model"], "target": r["target"], "precision": r["precision"], "status": status,
+            "reason": None if status == "verified" else (r.get("error") or "").strip()[:600] or None,
+            "sqnr_db": r.get("sqnr_db"), "agreement": agreement, "agreement_kind": kind,
+            "size_bytes": r.get("size_bytes"), "size_ratio_vs_fp32": None, "criteria": crit,
+            "seconds": r.get("seconds"), "task": r.get("task")}
 
 
 _used_cases: dict[str, cm.ModelCase] = {}
 
 
 def _model_case(model: str, request) -> cm.ModelCase:
-    case = request.getfixturevalue("example_student") if model == "student" else cm.digits_case(model)
+    case = request.getfixturevalue("example_student") if model == "student" else cm.make_case(model)
     _used_cases[model] = case
     return case
 
@@ -114,8 +151,9 @@ def _op_coverage(info: dict) -> dict:
 def test_conformance(target, precision, model, request, tmp_path, conformance_report):
     tgt = get_target(target)  # a missing SDK fails here with the pip line (never skipped)
     case = _model_case(model, request)
-    record = {"target": target, "precision": precision, "model": model, "status": "error",
-              "expected_failure": expected_failure(target, precision, model)}
+    expected = expected_failure(target, precision, model)
+    record = {"target": target, "precision": precision, "model": model, "status": "error", "task": case.task,
+              "expected_failure": expected[1] if expected else None}
     t0 = time.perf_counter()
     try:
         art = export_case(case, target, precision, tmp_path, raise_on_failure=False)
@@ -128,24 +166,28 @@ def test_conformance(target, precision, model, request, tmp_path, conformance_re
     v = art.verification or {}
     record.update(status=art.status, error=art.error, size_bytes=art.size_bytes, sqnr_db=v.get("sqnr_db"),
                   max_abs_err=v.get("max_abs_err"), top1_agreement=v.get("top1_agreement"),
-                  accuracy=v.get("accuracy"), reference_accuracy=v.get("reference_accuracy"),
-                  thresholds=v.get("thresholds"), phase_seconds=art.seconds, runtime_memory=art.runtime_memory,
-                  **_op_coverage(art.inspect or {}))
+                  criteria=v.get("criteria"), accuracy=v.get("accuracy"),
+                  reference_accuracy=v.get("reference_accuracy"), thresholds=v.get("thresholds"),
+                  phase_seconds=art.seconds, runtime_memory=art.runtime_memory, **_op_coverage(art.inspect or {}))
+    if expected and art.status != "verified" and re.search(expected[0], art.error or ""):
+        raise ExpectedConverterError(f"{target}/{precision}/{model}: {expected[1]} -- recorded error: {art.error}")
     assert art.status == "verified", art.error
     assert Path(str(art.path) + ".json").is_file()
     assert art.size_bytes and art.size_bytes > 0
     assert art.inspect["num_ops"] > 0 and sum(art.inspect["ops"].values()) > 0
 
     # A fresh load of the written artifact in the real runtime (for Core ML on Linux: its reference evaluator),
-    # fed in batches of 7 (not the 64 the verb used, and not a divisor of 359 or 1000) passes the same thresholds.
+    # fed in batches of 7 (not the 64 the verb used, and not a divisor of the sample counts) passes the same
+    # thresholds, judged by the same task.
     t1 = time.perf_counter()
-    runner = tgt.load(art.path)
-    actual = run_target(tgt, runner, case.x_verify, batch_size=7)
+    spec = InputSpec.from_dict(art.input_spec)
+    named = fit_to_spec(spec, named_arrays(spec, case.x_verify))
+    actual = run_target(tgt, tgt.load(art.path), named, batch_size=7)
     record["reload_seconds"] = time.perf_counter() - t1
-    again = compare(torch_outputs(case.model, case.x_verify), actual, case.y_verify,
-                    thresholds_for(tgt.precision(precision)))
-    record["reload_batch7"] = {"sqnr_db": again.sqnr_db, "top1_agreement": again.top1_agreement,
-                               "passed": again.passed}
+    reference = torch_outputs(flat_model(case.model, spec), named)
+    again = compare(dict(zip(spec.output_names, reference.values())), actual, case.y_verify,
+                    thresholds_for(tgt.precision(precision)), task=case.task, inputs=named)
+    record["reload_batch7"] = {"sqnr_db": again.sqnr_db, "criteria": again.criteria, "passed": again.passed}
     assert again.passed, f"reloaded artifact, batches of 7: {'; '.join(again.failures)} [{again.summary()}]"
 
 
@@ -162,17 +204,18 @@ def test_backend_sdk_is_installed(target):
 
 
 def test_expected_failures_table_names_real_cases():
-    for (target, precision, model), reason in EXPECTED_FAILURES.items():
+    for (target, precision, model), (pattern, reason) in EXPECTED_FAILURES.items():
         assert target in target_names(), f"unknown target {target!r} in EXPECTED_FAILURES"
         assert precision in get_spec(target).precisions, f"{target} has no precision {precision!r}"
         assert model == "*" or model in cm.MODEL_NAMES, f"unknown model {model!r}"
         assert len(reason) > 40, f"give a precise reason for {(target, precision, model)}"
+        assert len(pattern) > 10 and re.compile(pattern), f"name the converter's own error for {(target, precision)}"
 
 
 def test_matrix_marks_slow_models_and_strict_expected_failures(monkeypatch):
     """Every (target, precision, model) is a case; non-quick models are slow; a table entry becomes a strict xfail
     (a wildcard entry covers every model of that target/precision)."""
-    monkeypatch.setitem(EXPECTED_FAILURES, ("onnxruntime", "fp16", "*"), "example reason " * 4)
+    monkeypatch.setitem(EXPECTED_FAILURES, ("onnxruntime", "fp16", "*"), ("some converter error", "example reason " * 4))
     params = {p.id: p for p in _cases()}
     expected = {f"{t}-{p}-{m}" for t in target_names() for p in get_spec(t).precisions for m in cm.MODEL_NAMES}
     assert set(params) == expected
@@ -180,7 +223,8 @@ def test_matrix_marks_slow_models_and_strict_expected_failures(monkeypatch):
     assert [m.name for m in marks["onnxruntime-fp32-mlp"]] == []
     assert [m.name for m in marks["onnxruntime-fp32-transformer"]] == ["slow"]
     xfail = [m for m in marks["onnxruntime-fp16-student"] if m.name == "xfail"]
-    assert xfail and xfail[0].kwargs == {"strict": True, "reason": "example reason " * 4}
+    assert xfail and xfail[0].kwargs == {"strict": True, "reason": "example reason " * 4,
+                                         "raises": ExpectedConverterError}
     assert any(m.name == "xfail" for m in marks["onnxruntime-fp16-conv_bn"])
     assert not any(m.name == "xfail" for m in marks["onnxruntime-fp32-conv_bn"])
 

@@ -114,7 +114,7 @@ def test_ptq_quantizer_without_qat_patterns_gives_identical_programs(tmp_path):
     stock = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     blobs = []
     for i, quantizer in enumerate((None, stock)):
-        path = tgt.export(tgt.quantize(case.model, prec, ex, case.calibration, quantizer=quantizer), prec, ex,
+        path = tgt.export(tgt.quantize(case.model, prec, ex, {"x": case.calibration}, quantizer=quantizer), prec, ex,
                           tmp_path / f"{i}.pte")
         blobs.append(path.read_bytes())
     assert blobs[0] == blobs[1]

@@ -92,6 +92,31 @@ class TorchEngine:
         """One sample as the model takes it (for MAC counting)."""
         return self._tree({k: v[:1] for k, v in feeds.items()})
 
+    def info(self) -> dict:
+        model = self.model
+        params = sum(p.numel() for p in model.parameters())
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+        modules: dict[str, int] = {}
+        for m in model.modules():
+            if not list(m.children()):
+                modules[type(m).__name__] = modules.get(type(m).__name__, 0) + 1
+        dtypes: dict[str, int] = {}
+        for p in model.parameters():
+            k = str(p.dtype).replace("torch.", "")
+            dtypes[k] = dtypes.get(k, 0) + p.numel() * p.element_size()
+        if self.weights and Path(self.weights).is_file():
+            size, kind = Path(self.weights).stat().st_size, "weights file"
+        else:
+            size, kind = param_bytes + buffers, "parameters and buffers in memory"
+        return {
+            "size_bytes": int(size),
+            "size_kind": kind,
+            "inspect": {"parameters": int(params), "modules": modules, "weight_dtypes": dtypes,
+                        "weight_bytes": int(param_bytes)},
+            "runtime_memory": {},
+        }
+
 class ArtifactEngine:
     """An exported artifact run through `ondevice.target.get_target(target)`; `spec` is the input spec from its
     record (None for a bare file: the artifact's own names)."""

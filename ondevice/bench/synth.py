@@ -60,7 +60,7 @@ def _shape(name: str, shape: tuple, given: dict, legacy: tuple | None, single: b
             shown = [d if isinstance(d, int) and d > 0 else "?" for d in shape]
             raise InputMismatchError(
                 f"input {name!r} takes shape {shown} (read from {where}, in the artifact's own layout, e.g. NHWC for "
-                f"a channels-last .tflite); --input-shape {','.join(map(str, want))} does not match it. Leave "
+                f"a channels-last file); --input-shape {','.join(map(str, want))} does not match it. Leave "
                 f"--input-shape out for fixed sizes, or give only the dynamic ones (? above)")
         return tuple(int(w) for w in want[1:])
     missing = [i + 1 for i, d in enumerate(dims) if not (isinstance(d, int) and d > 0)]

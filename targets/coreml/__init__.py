@@ -8,6 +8,12 @@ SPEC = TargetSpec(
     precisions=("fp32", "fp16", "int8_weight_only", "int4_weight_only", "palettize4", "prune50"),
     suffix=".mlpackage",
     factory="ondevice.targets.coreml.target:CoreMLTarget",
+    quiet_loggers=("coremltools",),
+    runtime_modules=("coremltools",),
+    runtime_platforms=("darwin",),
+    no_runtime_reason=("Core ML runs only on Apple platforms; outputs here come from ondevice's NumPy reference "
+                       "evaluator, whose speed says nothing about a device"),
+    dynamic_axes=(),  # static shapes: the reference evaluator checks every op against the declared shapes
     description=("Core ML ML Program (.mlpackage) via torch.export + coremltools; weight compression with "
                  "coremltools.optimize.coreml. Runs with MLModel.predict on macOS and with a NumPy reference "
                  "evaluator of the saved program elsewhere (latency not measurable there)."),

@@ -8,7 +8,8 @@ module walks `prog.functions["main"].operations` in order:
 - `constexpr_*`  -> `op.materialized_val_inference()` (dequantized / de-palettized / de-sparsified weights,
                     computed once when the evaluator is built);
 - ops in `KERNELS` -> this module's own NumPy kernels (conv, pools, norms, activations, matmul, softmax, reduce_*,
-                    attention, elementwise math, quantize/dequantize ...);
+                    attention, elementwise math, integer comparisons and select, casts between int32 / bool /
+                    float (token-id and padding-mask inputs), gathers (embedding lookups), quantize/dequantize ...);
 - other ops that coremltools can constant-fold (`value_inference`, mostly shape/layout ops such as reshape,
   transpose, slice_by_index, split, concat, gather, pad, tile) -> that `value_inference`, with the runtime values
   bound to the op's inputs for the duration of the call;
@@ -669,6 +670,69 @@ def _slice_by_index(a: Args):
         e = None if em[i] else end[i]
         sl.append(slice(b, e, stride[i]))
     return x[tuple(sl)]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# gathers (embedding lookups, token positions): integer indices, exact in any dtype
+# ------------------------------------------------------------------------------------------------------------------
+def _indices(a: Args, size: int) -> np.ndarray:
+    """The op's indices as int64, negative ones counted from the end (MIL semantics); out of range is an error."""
+    idx = np.asarray(a("indices")).astype(np.int64)
+    idx = np.where(idx < 0, idx + size, idx)
+    if idx.size and (idx.min() < 0 or idx.max() >= size):
+        raise _OpFailure(f"indices {int(idx.min())}..{int(idx.max())} out of range for an axis of size {size} "
+                         f"(token ids outside the embedding table?)")
+    return idx
+
+
+@kernel("gather")
+def _gather(a: Args):
+    x = _raw(a)
+    axis = int(a.scalar("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    batch_dims = int(a.scalar("batch_dims", 0))
+    idx = _indices(a, x.shape[axis])
+    if batch_dims == 0:
+        return np.take(x, idx, axis=axis)
+    # batch_dims > 0: the leading batch_dims axes of x and indices are paired
+    lead = x.shape[:batch_dims]
+    out = [np.take(x[b], idx[b], axis=axis - batch_dims) for b in np.ndindex(*lead)]
+    return np.stack(out).reshape(*lead, *out[0].shape)
+
+
+@kernel("gather_along_axis")
+def _gather_along_axis(a: Args):
+    x = _raw(a)
+    axis = int(a.scalar("axis", 0))
+    axis = axis + x.ndim if axis < 0 else axis
+    return np.take_along_axis(x, _indices(a, x.shape[axis]), axis=axis)
+
+
+@kernel("gather_nd")
+def _gather_nd(a: Args):
+    x = _raw(a)
+    batch_dims = int(a.scalar("batch_dims", 0))
+    idx = np.asarray(a("indices")).astype(np.int64)  # (..., k): the last axis indexes the first k axes of x
+    if batch_dims:
+        raise _OpFailure("batch_dims > 0 is not implemented")
+    k = idx.shape[-1]
+    idx = np.where(idx < 0, idx + np.array(x.shape[:k]), idx)
+    return x[tuple(np.moveaxis(idx, -1, 0))]
+
+
+@kernel("fill")
+def _fill(a: Args):
+    return np.full([int(s) for s in np.atleast_1d(np.asarray(a("shape")))], a.scalar("value", 0.0))
+
+
+@kernel("fill_like")
+def _fill_like(a: Args):
+    return np.full(np.shape(a("ref_tensor")), a.scalar("value", 0.0))
+
+
+@kernel("range_1d")
+def _range_1d(a: Args):
+    return np.arange(a.scalar("start"), a.scalar("end"), a.scalar("step"))
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ SPEC = TargetSpec(
     precisions=("fp32", "int8_dynamic", "int8_static"),
     suffix=".pte",
     factory="ondevice.targets.executorch.target:ExecuTorchTarget",
+    quiet_loggers=("executorch",),
+    runtime_modules=("executorch.runtime",),
+    dynamic_axes=(),  # a static program: batch from the `batch` option, sequence length fixed from the samples
     description="ExecuTorch program lowered to the XNNPACK delegate (to_edge_transform_and_lower + "
                 "XnnpackPartitioner); int8 by PT2E (torchao prepare/convert with the XNNPACKQuantizer, symmetric "
                 "per-channel weights); run with executorch.runtime.Runtime",

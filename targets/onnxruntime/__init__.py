@@ -7,6 +7,9 @@ SPEC = TargetSpec(
     precisions=("fp32", "fp16", "int8_dynamic", "int8_static"),
     suffix=".onnx",
     factory="ondevice.targets.onnxruntime.target:OnnxRuntimeTarget",
+    quiet_loggers=("onnxruntime", "onnxscript", "torch.onnx"),
+    runtime_modules=("onnxruntime",),
+    dynamic_axes=("batch", "seq"),  # symbolic batch and sequence length in one graph
     description="ONNX via torch.onnx.export(dynamo=True), run with ONNX Runtime's CPU execution provider; "
                 "fp16 by onnxruntime.transformers.float16, int8 by onnxruntime.quantization (QDQ, per-channel)",
     options={
@@ -16,5 +19,7 @@ SPEC = TargetSpec(
         "activations": "int8_static activation type: 'int8' (default, symmetric-friendly, what ARM kernels prefer) "
                        "or 'uint8' (uint8 activations + 7-bit weights, ORT's advice for x86 without VNNI)",
         "calibrate_method": "int8_static range estimation: 'minmax' (default), 'entropy' or 'percentile'",
+        "reduce_range": "7-bit int8 weights: 'auto' (default: on for x86 CPUs without VNNI, whose int8 kernels "
+                        "saturate with 8-bit weights, and for uint8 activations), true or false",
     },
 )

@@ -127,17 +127,38 @@ def _input_batch(model_path: Path) -> int | None:
     return dim0.dim_value if dim0.HasField("dim_value") else None
 
 
-def write_metadata(path: Path, spec) -> None:
-    """The input spec and the deployer's preprocessing into the model's own metadata_props (in place)."""
+def resolve_reduce_range(option: Any, activations: str) -> tuple[bool, str]:
+    """(7-bit weights?, why). "auto": on for uint8 activations and on x86 CPUs without VNNI, whose int8 kernels
+    (u8 x s8 pairs summed into int16, vpmaddubsw) saturate with full 8-bit weights: ORT's own advice for them. ARM
+    and VNNI CPUs keep full 8-bit weights. The artifact records the choice (metadata ondevice.reduce_range)."""
+    import platform
+
+    from ondevice.io import cpu_flags
+
+    if isinstance(option, bool):
+        return option, "requested"
+    if option != "auto":
+        raise ConfigError(f"option reduce_range={option!r}: valid values are 'auto', true and false")
+    if activations == "uint8":
+        return True, "uint8 activations (ORT pairs them with 7-bit weights)"
+    flags = set(cpu_flags())
+    if platform.machine().lower() in ("x86_64", "amd64") and not flags & {"avx512_vnni", "avx_vnni"}:
+        return True, ("auto: this x86 CPU has no VNNI; its int8 kernels saturate with full 8-bit weights, so the "
+                      "weights use 7 bits (quantize again on a VNNI or ARM machine for 8)")
+    return False, "auto: full 8-bit weights (VNNI or ARM int8 kernels)"
+
+
+def write_metadata(path: Path, spec, extra: dict[str, str] | None = None) -> None:
+    """The input spec and the deployer's preprocessing (and `extra` notes) into the model's own metadata_props."""
     import onnx
 
-    if spec is None:
+    if spec is None and not extra:
         return
     m = onnx.load(str(path))
     keep = [p for p in m.metadata_props if not p.key.startswith("ondevice.")]
     del m.metadata_props[:]
     m.metadata_props.extend(keep)
-    for k, v in artifact_metadata(spec).items():
+    for k, v in {**artifact_metadata(spec), **(extra or {})}.items():
         m.metadata_props.add(key=k, value=v)
     onnx.save(m, str(path))
 
@@ -171,7 +192,8 @@ class OnnxRuntimeTarget(Target):
 
     def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
                calibration: dict | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-               activations: str = "int8", calibrate_method: str = "minmax", spec=None, **_: Any) -> Path:
+               activations: str = "int8", calibrate_method: str = "minmax", reduce_range: Any = "auto", spec=None,
+               **_: Any) -> Path:
         out = Path(out)
         name = type(prepared).__name__
         if activations not in ("int8", "uint8"):
@@ -179,6 +201,7 @@ class OnnxRuntimeTarget(Target):
         methods = ("minmax", "entropy", "percentile")
         if calibrate_method not in methods:
             raise ConfigError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
+        rr, rr_why = resolve_reduce_range(reduce_range, activations)
         with temp_dir("ort") as td:
             fp32 = Path(td) / "fp32.onnx"
             try:
@@ -192,16 +215,17 @@ class OnnxRuntimeTarget(Target):
                 elif precision.name == "fp16":
                     self._fp16(fp32, out)
                 elif precision.name == "int8_dynamic":
-                    self._int8_dynamic(fp32, Path(td), out)
+                    self._int8_dynamic(fp32, Path(td), out, rr)
                 elif precision.name == "int8_static":
-                    self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method)
+                    self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method, rr)
                 else:  # the core checks precisions against the spec first
                     raise ConfigError(f"onnxruntime cannot produce {precision.name}")
             except (ConversionError, ConfigError):
                 raise
             except Exception as e:
                 raise _conversion_error(e, precision.name, precision.name, name) from e
-        write_metadata(out, spec)
+        write_metadata(out, spec, {"ondevice.reduce_range": f"{str(rr).lower()}: {rr_why}"}
+                       if precision.name.startswith("int8") else {})
         return out
 
     @staticmethod
@@ -220,16 +244,17 @@ class OnnxRuntimeTarget(Target):
         with quiet():
             quant_pre_process(str(src), str(dst))
 
-    def _int8_dynamic(self, src: Path, work: Path, out: Path) -> None:
+    def _int8_dynamic(self, src: Path, work: Path, out: Path, reduce_range: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         pre = work / "pre.onnx"
         self._pre_process(src, pre)
         with quiet():
-            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                             reduce_range=reduce_range)
 
     def _int8_static(self, src: Path, work: Path, out: Path, calibration: dict | None, activations: str,
-                     calibrate_method: str) -> None:
+                     calibrate_method: str, reduce_range: bool) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
         if not calibration or len(next(iter(calibration.values()))) == 0:
@@ -249,7 +274,7 @@ class OnnxRuntimeTarget(Target):
         with quiet():
             quantize_static(
                 str(pre), str(out), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
-                per_channel=True, reduce_range=uint8,
+                per_channel=True, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
 

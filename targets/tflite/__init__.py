@@ -7,6 +7,9 @@ SPEC = TargetSpec(
     precisions=("fp32", "fp16", "int8_dynamic", "int8_static", "int8_weight_only"),
     suffix=".tflite",
     factory="ondevice.targets.tflite.target:TFLiteTarget",
+    quiet_loggers=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+    runtime_modules=("ai_edge_litert.interpreter",),
+    dynamic_axes=(),  # litert_torch traces static shapes: batch 1, sequence length fixed from the samples
     description="TFLite / LiteRT flatbuffer via litert-torch (PT2E for full-integer int8, ai-edge-quantizer "
                 "recipes for fp16 / dynamic-range / weight-only), run with ai_edge_litert.interpreter.Interpreter",
     options={
