@@ -171,7 +171,10 @@ def _add_export(sub) -> None:
                                    "reach that accuracy on the labelled samples (within its precision's budget)."),
                        epilog=EXIT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("source", nargs="?", help="output folder of `ondevice distill` (uses its student.pt and recipe)")
-    p.add_argument("--model", help="model registry name or package.module:factory (instead of SOURCE)")
+    p.add_argument("--model", help="model registry name, package.module:factory or hf:<folder> (instead of SOURCE)")
+    p.add_argument("--model-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="keyword argument of --model's factory, e.g. --model-kwarg head=embedding (repeatable; "
+                        "values are TOML: 4, true, 'x', {num_hidden_layers = 1})")
     p.add_argument("--weights", help="state-dict file for --model")
     p.add_argument("--which", default="student", choices=["student", "baseline", "teacher"],
                    help="which model of SOURCE to export (default student)")
@@ -179,6 +182,10 @@ def _add_export(sub) -> None:
     p.add_argument("--precision", "-p", action="append",
                    help="precision (repeatable; default: every precision the target supports)")
     p.add_argument("--data", help="dataset for calibration and verification (default: the recipe's)")
+    p.add_argument("--data-kwarg", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. --data-kwarg tokenizer=minilm --data-kwarg max_length=32 (repeatable)")
+    p.add_argument("--task", help="what the outputs mean, for verification: classification, embedding, token_lm "
+                                  "(default: SOURCE's task; with --model, classification for (N, C) logits)")
     p.add_argument("--calibration-samples", type=int, default=256)
     p.add_argument("--verify-samples", type=int, default=1000)
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
@@ -221,16 +228,31 @@ def _export_source(a) -> tuple:
               "recorded_accuracy": recorded.get("test_acc"), "input_spec": results.get("input_spec"),
               "task": results.get("task")}
         data = recipe.data.model_copy(update={"dataset": a.data}) if a.data else recipe.data
+        if a.data_kwarg:
+            data = data.model_copy(update={"kwargs": {**data.kwargs, **_kwargs(a.data_kwarg)}})
+        if a.task:
+            kw["task"] = a.task
         return model, data, recipe.seed, a.which, Path(a.out or src / "artifacts"), kw
     from .io import sha256_file
     from .models import build_model
 
     if not a.data:
         raise UsageError("--data is needed with --model (real samples calibrate and verify the export)")
-    model = build_model(a.model, weights=a.weights).eval()
-    kw = {"student_sha256": sha256_file(a.weights) if a.weights else None}
-    return (model, DataSpec(dataset=a.data), 0, a.model.replace(":", "_").replace(".", "_"),
-            Path(a.out or "artifacts"), kw)
+    model = build_model(a.model, weights=a.weights, **_kwargs(a.model_kwarg)).eval()
+    kw = {"student_sha256": sha256_file(a.weights) if a.weights else None, "task": a.task}
+    stem = a.model.replace(":", "_").replace(".", "_").replace("/", "_")
+    return model, DataSpec(dataset=a.data, kwargs=_kwargs(a.data_kwarg)), 0, stem, Path(a.out or "artifacts"), kw
+
+
+def _kwargs(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs -> {key: TOML-parsed value}; a pair without '=' names the fix."""
+    out = {}
+    for kv in pairs:
+        key, eq, raw = kv.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"expected KEY=VALUE, got {kv!r} (e.g. head=embedding, max_length=32)")
+        out[key.strip()] = parse_value(raw)
+    return out
 
 
 def export_samples(splits, calibration_samples: int, verify_samples: int) -> dict:

@@ -23,9 +23,10 @@ def _matches(node, op: str) -> bool:
     return target == op or target.split(".")[1:2] == [op] or target.endswith(f".{op}") or target == f"aten.{op}"
 
 
-def locate_op(program, op: str | None) -> str | None:
+def locate_op(program, op: str | None, wrapper: str = "model.") -> str | None:
     """'module 'encoder.layer.0' (LSTMCell), file.py:12 in forward: ...' for the first node of `program` (an
-    ExportedProgram, or a list of fx graphs) calling `op` ('aten.lstm_cell.default' or just 'lstm_cell')."""
+    ExportedProgram, or a list of fx graphs) calling `op` ('aten.lstm_cell.default' or just 'lstm_cell'). Module
+    paths are the user's: the `wrapper` prefix of ondevice.flatmodel's wrapper is dropped."""
     if not op or program is None:
         return None
     graphs = [program.graph] if hasattr(program, "graph") else list(program)
@@ -40,6 +41,7 @@ def locate_op(program, op: str | None) -> str | None:
             stack = node.meta.get("nn_module_stack") or {}
             if stack:
                 path, typ = list(stack.values())[-1]
+                path = path[len(wrapper):] if wrapper and path.startswith(wrapper) else path
                 typ = getattr(typ, "__name__", str(typ).rsplit(".", 1)[-1])
                 where.append(f"module {path!r} ({typ})" if path else f"the forward of {typ} itself")
             line = source_line(node.meta.get("stack_trace") or "")

@@ -226,10 +226,10 @@ def _conversion_message(e: Exception, logged: list[str], precision: str, located
     m = re.search(r"converting '([^']+)' op \(located at: '([^']*)'\)", text)
     if m:
         op, where = m.group(1), m.group(2) or None
-    for pat in (r"Unsupported fx node (\S+?),", r"op '([^']+)' not implemented", r"node (\S+) \(\S+\) got"):
-        m2 = re.search(pat, text) if op is None else None
-        if m2:
-            op = m2.group(1)
+    op = op or _unsupported_op(text)
+    m2 = re.search(r"node (\S+) \(\S+\) got", text) if op is None else None
+    if m2:
+        op = m2.group(1)
     what = (f"torch op {op!r}" + (f" (in module {where!r})" if where else f" (from {located})" if located else "")
             ) if op else "the model"
     return (f"coremltools could not convert {what} to a Core ML ML Program at precision {precision!r}: "
@@ -241,60 +241,104 @@ def _conversion_message(e: Exception, logged: list[str], precision: str, located
 # ---------------------------------------------------------------------------------------------------------------
 # conversion
 # ---------------------------------------------------------------------------------------------------------------
-# ATen ops coremltools 9 has no converter for, which common models emit (transformers' masking code calls
-# new_ones; nn.LSTMCell / nn.GRUCell export as lstm_cell / gru_cell, whose decompositions use unsafe_split): they
-# are lowered to ops it converts with torch's own decompositions before conversion.
-LOWERED_OPS = ("new_ones.default", "new_zeros.default", "lstm_cell.default", "gru_cell.default",
-               "rnn_tanh_cell.default", "rnn_relu_cell.default", "unsafe_split.Tensor", "unsafe_chunk.default")
+# Before conversion every ATen op of the exported program is looked up the way coremltools looks it up
+# (`sanitize_op_kind`, then its registry). An op it has no conversion for is
+#   - lowered with torch's own decomposition when torch has one (transformers' masking code calls new_ones;
+#     nn.LSTMCell / nn.GRUCell export as lstm_cell / gru_cell, whose decompositions use unsafe_split; ...),
+#   - else registered under the name torch.export records when coremltools converts the same op under another name:
+#     REGISTERED_OPS, or the op's base name (`where.scalarother` -> `where`; `__and__` -> `and`, because coremltools'
+#     own lookup keeps the underscores of `aten.__and__.Tensor` and never finds its registered "and").
+# An op still unsupported then fails conversion with its name and the module it came from.
+REGISTERED_OPS = {"alias": "noop"}  # a full slice of a buffer: re-labels its input, as alias_copy and clone do
 MAX_LOWERING_ROUNDS = 4
 
 
-def _lowering_table(extra: tuple[str, ...] = ()) -> dict:
-    """torch's default decompositions of LOWERED_OPS (+ `extra` ATen op names) that exist in this torch."""
-    import torch
+def _kind(node) -> str:
+    from coremltools.converters.mil.frontend.torch.utils import sanitize_op_kind
 
-    table = torch.export.default_decompositions()
+    try:
+        kind = node.target.name()
+    except Exception:  # noqa: BLE001 - the same fallbacks coremltools uses
+        kind = getattr(node.target, "__name__", str(node.target))
+    return sanitize_op_kind(kind)
+
+
+def _unsupported(ep) -> dict:
+    """{coremltools kind: the first node's ATen op} of every call coremltools has no conversion registered for."""
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
     out = {}
-    for name in LOWERED_OPS + extra:
-        packet, _, overload = name.partition(".")
-        op = getattr(getattr(torch.ops.aten, packet, None), overload or "default", None)
-        if op is not None and op in table:
-            out[op] = table[op]
+    for node in ep.graph.nodes:
+        if node.op == "call_function" and hasattr(node.target, "name"):
+            kind = _kind(node)
+            if kind not in _TORCH_OPS_REGISTRY.name_to_func_mapping:
+                out.setdefault(kind, node.target)
     return out
 
 
+def _lower(ep):
+    """The program with every unsupported op torch can decompose decomposed (a few rounds: decompositions may emit
+    ops that need one too); returns (program, names of the lowered ops)."""
+    import torch
+
+    table = torch.export.default_decompositions()
+    lowered: list[str] = []
+    ep = ep.run_decompositions({})
+    for _ in range(MAX_LOWERING_ROUNDS):
+        todo = {op: table[op] for op in _unsupported(ep).values() if op in table}
+        if not todo:
+            break
+        lowered += [str(op) for op in todo]
+        ep = ep.run_decompositions(todo)
+    return ep, lowered
+
+
+def _register(ep) -> list[str]:
+    """Register the remaining unsupported kinds under coremltools' conversion of the same op; returns their names."""
+    from coremltools.converters.mil.frontend.torch import ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    reg = _TORCH_OPS_REGISTRY.name_to_func_mapping
+    done = []
+    for kind in _unsupported(ep):
+        base = kind.split(".")[0].strip("_")
+        func = getattr(ops, REGISTERED_OPS[kind]) if kind in REGISTERED_OPS else reg.get(base)
+        if func is not None:
+            _TORCH_OPS_REGISTRY.set_func_by_name(func, kind)
+            done.append(f"{kind} as {func.__name__}")
+    return done
+
+
 def _unsupported_op(text: str) -> str | None:
-    m = re.search(r"Unsupported fx node (\S+?),", text) or re.search(r"op '([^']+)' not implemented", text)
+    """The ATen op type coremltools names as unsupported ("Unsupported fx node and_1, kind __and__" -> "__and__")."""
+    m = (re.search(r"Unsupported fx node \S+?, kind (\S+)", text) or re.search(r"Unsupported fx node (\S+?),", text)
+         or re.search(r"op '([^']+)' not implemented", text))
     return m.group(1) if m else None
 
 
 def _convert(ct, model, example_inputs: tuple, precision: str, compute, dt_name: str, cap):
-    """torch.export -> decompositions (LOWERED_OPS, plus any op coremltools names as unsupported and torch can
-    decompose) -> coremltools.convert. A failure names the op and the module it came from."""
+    """torch.export -> lower / register what coremltools lacks (see above) -> coremltools.convert. A failure names
+    the op and the module it came from."""
     import torch
 
     try:
-        ep0 = torch.export.export(model.eval(), tuple(example_inputs))
+        ep = torch.export.export(model.eval(), tuple(example_inputs))
     except Exception as e:
         raise ConversionError(
             f"torch.export could not capture the model for coreml/{precision}: {type(e).__name__}: "
             f"{str(e).strip()[:800]}. Fix: make forward() exportable (no data-dependent Python control "
             f"flow, tensor-only inputs), or try another target.") from e
-    extra: tuple[str, ...] = ()
-    for _ in range(MAX_LOWERING_ROUNDS):
-        ep = ep0.run_decompositions(_lowering_table(extra))
-        try:
-            return ct.convert(ep, convert_to="mlprogram", compute_precision=compute,
-                              minimum_deployment_target=getattr(ct.target, dt_name))
-        except Exception as e:
-            op = _unsupported_op(" ".join(cap.errors) + " " + str(e))
-            more = tuple(f"{op}.{o}" for o in ("default", "Tensor", "int", "Scalar")) if op else ()
-            if not op or not set(_lowering_table(extra + more)) - set(_lowering_table(extra)):
-                raise ConversionError(_conversion_message(e, cap.errors, precision, locate_op(ep, op))) from e
-            log.info("coreml: lowering aten.%s with torch's decomposition (coremltools has no converter)", op)
-            extra += more
-    raise ConversionError(f"coremltools could not convert the model at precision {precision!r} after lowering "
-                          f"{', '.join(extra)}; try another target")
+    ep, lowered = _lower(ep)
+    registered = _register(ep)
+    for what, names in (("lowered with torch's decomposition", lowered), ("registered", registered)):
+        if names:
+            log.info("coreml: %s (coremltools has no conversion under that name): %s", what, ", ".join(names))
+    try:
+        return ct.convert(ep, convert_to="mlprogram", compute_precision=compute,
+                          minimum_deployment_target=getattr(ct.target, dt_name))
+    except Exception as e:
+        op = _unsupported_op(" ".join(cap.errors) + " " + str(e))
+        raise ConversionError(_conversion_message(e, cap.errors, precision, locate_op(ep, op))) from e
 
 
 def _name_features(ct, mlmodel, spec) -> None:
