@@ -266,7 +266,8 @@ def test_torchrun_two_processes_match_one(tmp_path, kind):
     exact = kind in ("lm", "embedding")
     for k in a:
         if exact:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"student.pt:{k}")
+            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4,
+                                       msg=lambda m, k=k: f"student.pt:{k}: {m}")
         else:
             assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) < 0.01, k
     r1 = json.loads((tmp_path / "one" / "results.json").read_text())["student"]
