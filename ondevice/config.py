@@ -43,6 +43,9 @@ class TrainSpec(_Strict):
     warmup_steps: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule='step'")
     grad_clip: float | None = Field(None, gt=0)
+    max_norm: float | None = Field(None, gt=0, description="after every step, rescale each unit's incoming weight "
+                                   "vector (row of a Linear/conv weight) to at most this L2 norm (Srivastava et al. "
+                                   "2014's max-norm constraint, used with dropout in Hinton et al. 2015)")
     eval_batch_size: int = Field(1000, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (auto: cuda if present, else cpu)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(

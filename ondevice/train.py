@@ -540,6 +540,8 @@ class _Loop:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        if self.st.spec.max_norm:
+            max_norm_(self.model, self.st.spec.max_norm)
         return total, parts
 
     def epoch(self, epoch: int, train) -> dict:
@@ -566,6 +568,17 @@ class _Loop:
         elapsed = time.perf_counter() - t0
         return {"train_loss": float(loss_sum) / self.steps,
                 "loss_parts": {k: float(v) / self.steps for k, v in sums.items()}, "seconds": elapsed}
+
+
+@torch.no_grad()
+def max_norm_(model: nn.Module, c: float) -> None:
+    """Max-norm constraint (Srivastava et al. 2014): every unit's incoming weight vector w (a row of a Linear weight,
+    a filter of a conv) is rescaled to ||w||_2 <= c, in place. Embeddings and norms are left alone."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            w = m.weight.view(m.weight.shape[0], -1)  # (units, fan_in)
+            norms = w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (units, 1)
+            w.mul_((c / norms).clamp(max=1.0))
 
 
 def _augment(inputs: Tree, aug: AugmentSpec, gen: torch.Generator) -> Tree:
