@@ -365,7 +365,8 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a TOML (.toml) or YAML (.yaml/.yml) recipe. `overrides` are `key.path=value` strings
-    (value parsed as TOML, falling back to a string), e.g. ["train.epochs=1", "output_dir=runs/x"]."""
+    (value parsed as TOML, falling back to a string; `null` unsets an optional value), e.g. ["train.epochs=1",
+    "output_dir=runs/x", "teacher.train=null"]."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"recipe file {str(p)!r} does not exist; see examples/ for recipes to start from")
@@ -401,10 +402,13 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, raw = override.split("=", 1)
     import tomllib
 
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except Exception:
-        value = raw
+    if raw.strip() in ("null", "none"):  # TOML has no null: unset an optional value (e.g. teacher.train=null)
+        value = None
+    else:
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except Exception:
+            value = raw
     cur = data
     parts = key.strip().split(".")
     for part in parts[:-1]:
