@@ -239,3 +239,22 @@ def test_hugging_face_minilm_adapters_run_offline():
     assert trainable == {"5"}  # only the top encoder layer (and the new head) train
     assert clf.classifier.weight.requires_grad and not clf.backbone.embeddings.word_embeddings.weight.requires_grad
     assert clf(ids, mask).shape == (2, 7)
+
+
+def test_frozen_encoder_memoizes_pooled_vectors_exactly():
+    """trainable_layers = 0 is a linear probe: the encoder runs in eval mode and each distinct sequence is encoded
+    once; the memoized vectors equal a fresh pass, and the head still learns."""
+    probe = build_model("hf:minilm", num_labels=3, trainable_layers=0).train()
+    assert probe.frozen and not probe.backbone.training
+    ids = torch.tensor([[101, 3899, 102, 0], [101, 4937, 2003, 102]])
+    mask = (ids != 0).long()
+    first = probe(ids, mask)
+    assert len(probe._memo) == 2
+    again = probe(ids[[1, 0]], mask[[1, 0]])  # the same rows in another order (and padding) come from the memo
+    assert torch.equal(again, first[[1, 0]])
+    fresh = build_model("hf:minilm", num_labels=3).eval()
+    fresh.classifier.load_state_dict(probe.classifier.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids, mask), first.detach(), rtol=1e-5, atol=1e-5)
+    first.sum().backward()
+    assert probe.classifier.weight.grad.abs().sum() > 0
