@@ -182,9 +182,47 @@ def test_energy_unsupported_kind_and_weight_sources():
     # Core ML's compute precision overrides the float kind
     assert estimate(_profile(), g, "fp32", 60, compute_precision="FLOAT16")["compute_kind"] == "float16"
     assert weight_bytes_for(g, "fp32", {"weight_bytes": {"float32": 48, "int64": 16}})[0] == 64
-    assert weight_bytes_for(g, "fp32", {"weight_dtypes": {"float16": 30}})[0] == 30  # bytes (Core ML style)
-    assert weight_bytes_for(g, "int8_static", {"weight_dtypes": {"int8": 1, "float32": 2}})[0] == 15  # counts: ignored
+    # every target reports bytes under weight_bytes and tensor counts under weight_dtypes (ondevice.target.Inspection):
+    # counts are never taken for bytes, and no size heuristic guesses which is which
+    assert weight_bytes_for(g, "fp32", {"weight_dtypes": {"float16": 30}})[0] == 60
+    assert weight_bytes_for(g, "int8_static", {"weight_dtypes": {"int8": 1, "float32": 2}})[0] == 15
     assert math.isclose(weight_bytes_for(g, "int4_weight_only", None)[0], 8)  # ceil(15 x 4 / 8)
+
+
+def test_precision_costs_come_from_the_target_spec(monkeypatch):
+    """One table: the precision's own Cost, overridden by a target that computes differently (its TargetSpec)."""
+    import torch
+
+    import ondevice.target as target_mod
+    from ondevice.bench.energy import precision_cost
+    from ondevice.precision import Cost
+    from ondevice.target import TargetSpec, register_target, target_names
+
+    target_names()
+    monkeypatch.setattr(target_mod.SPECS, "_items", dict(target_mod.SPECS._items))
+    monkeypatch.setenv(target_mod.REGISTERED_ENV, "")
+    register_target(TargetSpec(name="npu_sim", extra="x", requires=(), precisions=("palettize4",), suffix=".npu",
+                               factory="ondevice_no_such:T", precision_costs={"palettize4": Cost("float16", 4, 16)}))
+    assert precision_cost("palettize4") == ("float32", 4, 32, False)  # the precision's own
+    assert precision_cost("palettize4", target="npu_sim") == ("float16", 4, 16, False)  # the target's override
+    assert precision_cost("int3", target="npu_sim")[3] is True  # unknown: fp32, assumed
+    g = count_graph(_linear(), torch.zeros(1, 4))
+    assert estimate(_profile(), g, "palettize4", 8, target="npu_sim")["compute_kind"] == "float16"
+
+
+def test_count_graph_counts_every_input_of_a_two_input_model():
+    import torch
+
+    from ondevice.textnets import text_encoder
+
+    torch.manual_seed(0)
+    m = text_encoder(vocab_size=50, dim=8, layers=1, heads=2, ffn=16, max_len=8, num_classes=3)
+    ids, mask = torch.ones(1, 8, dtype=torch.long), torch.ones(1, 8, dtype=torch.long)
+    g = count_graph(m, {"input_ids": ids, "attention_mask": mask})
+    assert g["inputs"] == 2 and g["input_elements"] == 16
+    # q, k, v, out projections (4 x 8 x 8) + FFN (8 x 16 x 2) per token, 8 tokens, + attention (2 x 8 x 8 x 8)
+    # + the classifier (8 x 3)
+    assert g["macs"] == 8 * (4 * 64 + 2 * 128) + 2 * 8 * 8 * 8 + 24
 
 
 def test_host_energy_source_says_why_when_unavailable():
