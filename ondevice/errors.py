@@ -66,3 +66,7 @@ class ArtifactChangedError(OndeviceError):
 def first_line(text: object, width: int = 300) -> str:
     """The first line of a message, at most `width` characters ('' for None or an empty message)."""
     return (str(text or "").splitlines() or [""])[0][:width]
+
+
+class ArtifactLoadError(OndeviceError):
+    """An artifact file its runtime cannot load or run (damaged, truncated, or not in that target's format)."""

@@ -37,7 +37,11 @@ DEFAULT_REPORT = Path(__file__).resolve().parent.parent / "build" / "conformance
 
 # (target, precision, model) -> why it fails. Only genuine converter/runtime limits, each with a precise reason
 # (measured on this machine; see the targets' READMEs). "*" in the model slot covers every model.
-EXPECTED_FAILURES: dict[tuple[str, str, str], str] = {}
+_SMALL = ("every weight tensor of this model has fewer than 2048 elements, the floor below which Core ML leaves a "
+          "tensor uncompressed (coremltools' weight_threshold), so nothing is compressed: precision not applied")
+EXPECTED_FAILURES: dict[tuple[str, str, str], str] = {
+    ("coreml", p, "dw_separable"): _SMALL for p in ("int8_weight_only", "int4_weight_only", "palettize4", "prune50")
+}
 
 
 def expected_failure(target: str, precision: str, model: str) -> str | None:

@@ -79,7 +79,7 @@ def test_export_and_bench_refuse_a_users_folder(tmp_path):
     _fill(out)
     p = cli("export", "--model", "mnist_small_cnn", "--data", "digits", "--out", str(out))
     assert p.returncode == 2 and "already holds files ondevice did not write" in p.stderr
-    p = cli("bench", "--model", "mlp", "--out", str(out))
+    p = cli("bench", "--model", "mlp", "--input-shape", "1,1,8,8", "--out", str(out))
     assert p.returncode == 2 and "already holds files ondevice did not write" in p.stderr
     assert _intact(out) and not (out / MARKER).exists()
 
@@ -321,14 +321,14 @@ def test_bench_and_gate_never_take_a_status_from_a_record_that_does_not_match(cn
 
 # --- 3. the artifact is what it claims -------------------------------------------------------------------------------
 class _LSTM(torch.nn.Module):
-    """8 rows of the digit as 8 time steps; the last hidden state (10 units) is the logits."""
+    """The digit's two halves as 2 time steps of 32 pixels; the last hidden state (10 units) is the logits."""
 
     def __init__(self):
         super().__init__()
-        self.lstm = torch.nn.LSTM(8, 10, batch_first=True)
+        self.lstm = torch.nn.LSTM(32, 10, batch_first=True)
 
     def forward(self, x):
-        out, _ = self.lstm(x.reshape(x.shape[0], 8, 8))  # (N, 8, 10)
+        out, _ = self.lstm(x.reshape(x.shape[0], 2, 32))  # (N, 2, 10)
         return out[:, -1]
 
 

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from ondevice.errors import OndeviceError
+
 # Modules that make up each runtime, imported before the memory baseline so that the load figure is the
 # model's, not the SDK's. A target may declare its own with a `runtime_modules` attribute.
 _RUNTIME_MODULES = {
@@ -143,10 +145,28 @@ class ArtifactEngine:
     def load(self):
         if not self.path.exists():
             raise FileNotFoundError(f"artifact {self.path} does not exist")
-        return self.target.load(self.path)
+        try:
+            return self.target.load(self.path)
+        except (ImportError, OndeviceError):
+            raise
+        except Exception as e:  # the runtime's own words, with the file and what to do about it
+            raise self._damaged("load", e) from e
 
     def run(self, runner, x: np.ndarray) -> np.ndarray:
-        return np.asarray(self.target.run(runner, x), dtype=np.float32)
+        try:
+            return np.asarray(self.target.run(runner, x), dtype=np.float32)
+        except OndeviceError:
+            raise
+        except Exception as e:
+            raise self._damaged("run", e) from e
+
+    def _damaged(self, what: str, e: Exception) -> OndeviceError:
+        from ondevice.errors import ArtifactLoadError, first_line
+
+        return ArtifactLoadError(
+            f"{self.target_name} cannot {what} {self.path}: {type(e).__name__}: {first_line(e, 300)}. The file is "
+            f"damaged or not an artifact this runtime reads; export it again (its <artifact>.json record, when "
+            f"present, says whether the file changed since it was verified)")
 
     def bind(self, runner):
         """The callable the timing loop times: the target's own run on this runner, nothing around it."""
@@ -160,6 +180,27 @@ class ArtifactEngine:
             except Exception as e:  # inspection is informative; a failure here must not fail the benchmark
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
         return out
+
+
+def predict(engine, runner, xs: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, C) float32 outputs of `engine` on xs (N, ...) in batches; an output that is not one row per sample (a
+    damaged artifact can run and still return the wrong shape) raises a clear error instead of a reshape crash."""
+    from ondevice.errors import ArtifactLoadError
+
+    outs = []
+    for i in range(0, len(xs), batch_size):
+        xb = np.ascontiguousarray(xs[i:i + batch_size], np.float32)
+        y = np.asarray(engine.run(runner, xb), dtype=np.float32)
+        if y.ndim == 0 or y.shape[0] != len(xb):
+            raise ArtifactLoadError(f"{getattr(engine, 'path', 'the model')} returned outputs of shape "
+                                    f"{list(y.shape)} for a batch of {len(xb)} samples, not one row per sample; the "
+                                    f"file is damaged or its output is not per sample: export it again")
+        outs.append(y.reshape(len(xb), -1))
+    widths = {o.shape[1] for o in outs}
+    if len(widths) > 1:
+        raise ArtifactLoadError(f"{getattr(engine, 'path', 'the model')} returned {sorted(widths)} outputs per "
+                                f"sample in different batches; the file is damaged: export it again")
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, C)
 
 
 def make_engine(spec: dict):

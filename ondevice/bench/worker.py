@@ -119,11 +119,10 @@ class _State:
                 "baseline_rss_bytes": self.probe.baseline, "method": self.probe.method}
 
     def cmd_predict(self, x: str, out: str, batch_size: int = 64) -> dict:
+        from .engines import predict
+
         xs = np.load(x, mmap_mode="r")  # (N, ...)
-        outs = [np.asarray(self.engine.run(self.runner, np.ascontiguousarray(xs[i:i + batch_size], np.float32)),
-                           dtype=np.float32) for i in range(0, len(xs), batch_size)]
-        y = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, C)
-        y = y.reshape(len(xs), -1)
+        y = predict(self.engine, self.runner, xs, batch_size)  # (N, C)
         np.save(out, y)
         return {"n": int(len(y)), "shape": list(y.shape)}
 
