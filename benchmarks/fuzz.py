@@ -65,6 +65,7 @@ ARTIFACT_KINDS = {"onnx": ("onnxruntime", ".onnx"), "pte": ("executorch", ".pte"
 DEFAULT_OUT = HERE / "results" / "fuzz.json"
 N_VERIFY = {"mlpackage": 64}  # labelled samples each damaged artifact is run on (default 128)
 CHILD_TIMEOUT_S = 120.0
+CASE_TIMEOUT_S = 600  # a case that takes longer (beyond its children's own timeouts) is a hang
 
 
 # --- outcomes ---------------------------------------------------------------------------------------------------------
@@ -137,6 +138,10 @@ def isolated(fn: Callable, *args: Any, timeout: float = CHILD_TIMEOUT_S) -> tupl
         os._exit(code)
     try:
         return _wait(pid, result, timeout)
+    except BaseException:  # interrupted (Ctrl-C, the case alarm): do not leave the child running
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
     finally:
         os.unlink(result)
 
@@ -609,6 +614,27 @@ class RecipeFuzz:
 
 
 # --- driver ---------------------------------------------------------------------------------------------------------------
+class Hang(Exception):
+    pass
+
+
+def _alarm(signum, frame):
+    raise Hang(f"no result within {CASE_TIMEOUT_S} s")
+
+
+def guarded_case(fz, example: Any, tally: Tally) -> None:
+    """One case under a wall-clock alarm: a hang is recorded (as a traceback, with its example), not waited out."""
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(CASE_TIMEOUT_S)
+    try:
+        fz.case(example, tally)
+    except Hang as e:
+        tally.add("traceback", detail="hang", example=(example, str(e)))
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def build(kind: str, work: Path, setup: dict | None):
     if kind in ARTIFACT_KINDS:
         return ArtifactFuzz(kind, setup, work)
@@ -630,7 +656,7 @@ def fuzz(kinds: tuple[str, ...], cases: int | dict[str, int], work: Path, seed: 
         tally = Tally(kind)
         t0 = time.perf_counter()
         n = cases[kind] if isinstance(cases, dict) else cases
-        run_cases(fz.strategy(), lambda ex: fz.case(ex, tally), n, seed)
+        run_cases(fz.strategy(), lambda ex: guarded_case(fz, ex, tally), n, seed)
         tally.seconds = time.perf_counter() - t0
         if progress:
             print(json.dumps({**tally.row(), "seconds": round(tally.seconds, 1)}), flush=True)

@@ -319,6 +319,23 @@ def test_bench_and_gate_never_take_a_status_from_a_record_that_does_not_match(cn
     assert items["cnn_fp32.onnx"]["verification"]["status"] == "verified"
 
 
+def test_run_exports_again_an_artifact_changed_since_verification_and_gates_catch_it(tmp_path):
+    from ondevice.gates import run_gates
+    from ondevice.pipeline import run
+
+    rp = _recipe(tmp_path, tmp_path / "out", extra='[[export.targets]]\ntarget = "onnxruntime"\nprecisions = ["fp32"]\n')
+    first = run(rp, bench=False)
+    assert first.passed and first.report["artifacts"][0]["sha256"]
+    art = Path(first.report["artifacts"][0]["path"])
+    _flip_middle(art, 512)
+    res, _ = run_gates(tmp_path / "out" / "pipeline.json", junit=tmp_path / "j.xml", summary=tmp_path / "s.md")
+    failed = [r for r in res if not r.passed]
+    assert [r.gate for r in failed] == ["artifact_hash"] and "file changed since verification" in failed[0].message
+    again = run(rp, bench=False)
+    assert again.report["stages"]["export onnxruntime/fp32"]["state"] == "done"  # not taken from the cache
+    assert again.passed and sidecar.check(art).status == "verified"
+
+
 # --- 3. the artifact is what it claims -------------------------------------------------------------------------------
 class _LSTM(torch.nn.Module):
     """The digit's two halves as 2 time steps of 32 pixels; the last hidden state (10 units) is the logits."""
