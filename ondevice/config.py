@@ -370,7 +370,11 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> 
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"recipe file {str(p)!r} does not exist; see examples/ for recipes to start from")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the "
+                          f"recipe as UTF-8") from None
     try:
         if p.suffix == ".toml":
             import tomllib

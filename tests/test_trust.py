@@ -79,7 +79,7 @@ def test_export_and_bench_refuse_a_users_folder(tmp_path):
     _fill(out)
     p = cli("export", "--model", "mnist_small_cnn", "--data", "digits", "--out", str(out))
     assert p.returncode == 2 and "already holds files ondevice did not write" in p.stderr
-    p = cli("bench", "--model", "mlp", "--out", str(out))
+    p = cli("bench", "--model", "mlp", "--input-shape", "1,1,8,8", "--out", str(out))
     assert p.returncode == 2 and "already holds files ondevice did not write" in p.stderr
     assert _intact(out) and not (out / MARKER).exists()
 
@@ -319,16 +319,33 @@ def test_bench_and_gate_never_take_a_status_from_a_record_that_does_not_match(cn
     assert items["cnn_fp32.onnx"]["verification"]["status"] == "verified"
 
 
+def test_run_exports_again_an_artifact_changed_since_verification_and_gates_catch_it(tmp_path):
+    from ondevice.gates import run_gates
+    from ondevice.pipeline import run
+
+    rp = _recipe(tmp_path, tmp_path / "out", extra='[[export.targets]]\ntarget = "onnxruntime"\nprecisions = ["fp32"]\n')
+    first = run(rp, bench=False)
+    assert first.passed and first.report["artifacts"][0]["sha256"]
+    art = Path(first.report["artifacts"][0]["path"])
+    _flip_middle(art, 512)
+    res, _ = run_gates(tmp_path / "out" / "pipeline.json", junit=tmp_path / "j.xml", summary=tmp_path / "s.md")
+    failed = [r for r in res if not r.passed]
+    assert [r.gate for r in failed] == ["artifact_hash"] and "file changed since verification" in failed[0].message
+    again = run(rp, bench=False)
+    assert again.report["stages"]["export onnxruntime/fp32"]["state"] == "done"  # not taken from the cache
+    assert again.passed and sidecar.check(art).status == "verified"
+
+
 # --- 3. the artifact is what it claims -------------------------------------------------------------------------------
 class _LSTM(torch.nn.Module):
-    """8 rows of the digit as 8 time steps; the last hidden state (10 units) is the logits."""
+    """The digit's two halves as 2 time steps of 32 pixels; the last hidden state (10 units) is the logits."""
 
     def __init__(self):
         super().__init__()
-        self.lstm = torch.nn.LSTM(8, 10, batch_first=True)
+        self.lstm = torch.nn.LSTM(32, 10, batch_first=True)
 
     def forward(self, x):
-        out, _ = self.lstm(x.reshape(x.shape[0], 8, 8))  # (N, 8, 10)
+        out, _ = self.lstm(x.reshape(x.shape[0], 2, 32))  # (N, 2, 10)
         return out[:, -1]
 
 

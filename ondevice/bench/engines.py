@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ondevice.errors import OndeviceError
 
 def build_torch_model(ref: str, weights: str | None = None, kwargs: dict | None = None):
     """Rebuild an eager model: a registry name, "pkg.mod:factory" or "path/file.py:factory" (ondevice.models)."""
@@ -147,7 +148,12 @@ class ArtifactEngine:
 
         if not self.path.exists():
             raise FileNotFoundError(f"artifact {self.path} does not exist")
-        return self.target.load(self.path, InputSpec.from_dict(self.spec) if self.spec else None)
+        try:
+            return self.target.load(self.path, InputSpec.from_dict(self.spec) if self.spec else None)
+        except (ImportError, OndeviceError):
+            raise
+        except Exception as e:  # the runtime's own words, with the file and what to do about it
+            raise self._damaged("load", e) from e
 
     def _named(self, runner, feeds: dict) -> dict:
         """Feeds under the artifact's names: one input is matched by position when its name differs (an image
@@ -157,8 +163,21 @@ class ArtifactEngine:
             return {names[0]: next(iter(feeds.values()))}
         return feeds
 
+    def _damaged(self, what: str, e: Exception) -> OndeviceError:
+        from ondevice.errors import ArtifactError, first_line
+
+        return ArtifactError(
+            f"{self.target_name} cannot {what} {self.path}: {type(e).__name__}: {first_line(e, 300)}. The file is "
+            f"damaged or not an artifact this runtime reads; export it again (its <artifact>.json record, when "
+            f"present, says whether the file changed since it was verified)")
+
     def run(self, runner, feeds: dict) -> dict:
-        return self.target.run(runner, self._named(runner, feeds))
+        try:
+            return self.target.run(runner, self._named(runner, feeds))
+        except OndeviceError:
+            raise
+        except Exception as e:
+            raise self._damaged("run", e) from e
 
     def bind(self, runner, feeds: dict, carry: dict | None = None):
         """The callable the timing loop times: the runtime call itself on prepared feeds (Target.bind)."""
@@ -174,6 +193,31 @@ class ArtifactEngine:
             except Exception as e:  # inspection is informative; a failure here must not fail the benchmark
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
         return out
+
+
+def predict(engine, runner, xs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, ...) float32 primary (first) output of `engine` on named inputs {name: (N, ...)} (or one array) in
+    batches; an output that is not one row per sample (a damaged artifact can run and still return the wrong shape)
+    raises a clear error instead of a reshape crash."""
+    from ondevice.errors import ArtifactError
+
+    feeds = xs if isinstance(xs, dict) else {"x": xs}
+    n = len(next(iter(feeds.values())))
+    where = getattr(engine, "path", "the model")
+    outs = []
+    for i in range(0, n, batch_size):
+        batch = {k: np.ascontiguousarray(v[i:i + batch_size]) for k, v in feeds.items()}
+        nb = len(next(iter(batch.values())))
+        y = np.asarray(next(iter(engine.run(runner, batch).values())), dtype=np.float32)
+        if y.ndim == 0 or y.shape[0] != nb:
+            raise ArtifactError(f"{where} returned outputs of shape {list(y.shape)} for a batch of {nb} samples, "
+                                f"not one row per sample; the file is damaged or its output is not per sample: "
+                                f"export it again")
+        outs.append(y)
+    if len({o.shape[1:] for o in outs}) > 1:
+        raise ArtifactError(f"{where} returned {sorted({o.shape[1:] for o in outs})} output shapes per sample in "
+                            f"different batches; the file is damaged: export it again")
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, ...)
 
 
 def make_engine(spec: dict):

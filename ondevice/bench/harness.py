@@ -532,6 +532,10 @@ def verify_item(it: Item, out: np.ndarray | None, source_out: np.ndarray | None,
                 cmp.failures.append(failure)
             comparison = cmp.to_dict()
             trust = trust.after_reverify(comparison, cmp.n)
+        elif not it.precision:
+            trust.reason += "; its precision is unknown without an intact record: export it again"
+        elif source_out is not None:
+            trust.reason += "; it could not be run here to verify it again (see the item's errors): export it again"
         else:
             trust.reason += ("; pass the test data (--data) and the source student (--student) to verify it again, "
                              "or export it again")

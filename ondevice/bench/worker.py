@@ -136,13 +136,9 @@ class _State:
                 "baseline_rss_bytes": self.probe.baseline, "method": self.probe.method}
 
     def cmd_predict(self, x: str, out: str, batch_size: int = 64) -> dict:
-        xs = load_named(x)  # {name: (N, ...)}
-        n = len(next(iter(xs.values())))
-        outs = []
-        for i in range(0, n, batch_size):
-            y = self.engine.run(self.runner, {k: v[i:i + batch_size] for k, v in xs.items()})
-            outs.append(np.asarray(next(iter(y.values())), dtype=np.float32))  # the first (primary) output
-        y = np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)  # (N, ...)
+        from .engines import predict
+
+        y = predict(self.engine, self.runner, load_named(x), batch_size)  # (N, ...) the first (primary) output
         np.save(out, y)
         return {"n": int(len(y)), "shape": list(y.shape)}
 
