@@ -34,7 +34,7 @@ def variant(name: str, what: str, *overrides: str, baseline_from: str | None = N
     VARIANTS[name] = (what, list(overrides), baseline_from)
 
 
-variant("example", "examples/mnist.toml as committed: 103k student, 54k images, 4 epochs, 0.9 std-KD (T=4) + 0.1 CE")
+variant("example", "the example before this study: 103k student, 54k images, 4 epochs, 0.9 std-KD (T=4) + 0.1 CE")
 D5K = ("data.limit_train=5000", "data.limit_val=1000", "train.epochs=20")
 variant("d5k", "5,000 labelled training images (1,000 for validation), 20 epochs", *D5K)
 variant("d5k-fm", "d5k + function matching: +-2 px shift, teacher run live on the same view", *D5K,
@@ -58,7 +58,7 @@ variant("d5k-fm-e10", "d5k-fm with 10 epochs", *D5K[:2], "train.epochs=10", "dat
 variant("d5k-ce05", "d5k, 0.5 std-KD + 0.5 CE", *D5K, losses(kd=0.5), baseline_from="d5k")
 TINY = ("student.kwargs.channels=[4, 8]", "student.kwargs.hidden=16")
 variant("tiny", "6.8k-param student (channels 4/8, hidden 16), 54k images, 4 epochs", *TINY)
-variant("long", "examples/mnist.toml with 8 epochs", "train.epochs=8")
+variant("long", "the example before this study, with 8 epochs", "train.epochs=8")
 
 
 def code_dir() -> Path:
