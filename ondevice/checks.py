@@ -63,7 +63,7 @@ def _probe(model: nn.Module, inputs: Tree, role: str, key: str) -> Any:
 
 
 def _label_range(pred: torch.Tensor, y: torch.Tensor, role: str, where: str) -> None:
-    if pred.ndim != 2 or y.is_floating_point() or y.ndim != 1:
+    if pred.ndim != 2 or y.is_floating_point() or y.ndim != 1 or y.numel() == 0:
         return
     c = int(pred.shape[-1])
     lo, hi = int(y.min()), int(y.max())

@@ -43,6 +43,9 @@ class TrainSpec(_Strict):
     warmup_steps: int = Field(0, ge=0)
     step_size: int = Field(10, ge=1, description="epochs between x0.1 decays for schedule='step'")
     grad_clip: float | None = Field(None, gt=0)
+    max_norm: float | None = Field(None, gt=0, description="after every step, rescale each unit's incoming weight "
+                                   "vector (row of a Linear/conv weight) to at most this L2 norm (Srivastava et al. "
+                                   "2014's max-norm constraint, used with dropout in Hinton et al. 2015)")
     eval_batch_size: int = Field(1000, ge=1)
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps (auto: cuda if present, else cpu)")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
@@ -362,7 +365,8 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] | None = None) -> Recipe:
     """Load and validate a TOML (.toml) or YAML (.yaml/.yml) recipe. `overrides` are `key.path=value` strings
-    (value parsed as TOML, falling back to a string), e.g. ["train.epochs=1", "output_dir=runs/x"]."""
+    (value parsed as TOML, falling back to a string; `null` unsets an optional value), e.g. ["train.epochs=1",
+    "output_dir=runs/x", "teacher.train=null"]."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"recipe file {str(p)!r} does not exist; see examples/ for recipes to start from")
@@ -398,10 +402,13 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, raw = override.split("=", 1)
     import tomllib
 
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except Exception:
-        value = raw
+    if raw.strip() in ("null", "none"):  # TOML has no null: unset an optional value (e.g. teacher.train=null)
+        value = None
+    else:
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except Exception:
+            value = raw
     cur = data
     parts = key.strip().split(".")
     for part in parts[:-1]:

@@ -255,7 +255,7 @@ def locate(name: str, *, root: str | os.PathLike | None = None, verify: bool = T
             return folder
     shown = ", ".join(s + "[.gz]" if src.idx else s for s in src.files)
     raise DataNotFoundError(
-        f"{name}: the files ({shown}) were not found; searched: {', '.join(map(str, searched))}. {how_to_get(name)}")
+        f"{name}: the {'IDX ' if src.idx else ''}files ({shown}) were not found; searched: {', '.join(map(str, searched))}. {how_to_get(name)}")
 
 
 # ----------------------------------------------------------------------------------------------- fetching

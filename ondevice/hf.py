@@ -66,11 +66,44 @@ def _pool(h: Tensor, mask: Tensor, pooling: str) -> Tensor:
 
 class _Adapter(nn.Module):
     """Wraps a transformers model as ``backbone``; paths for feature losses are ``backbone.encoder.layer.<i>``
-    (BERT-like) or ``backbone.model.layers.<i>`` (Llama-like)."""
+    (BERT-like) or ``backbone.model.layers.<i>`` (Llama-like).
+
+    A fully frozen backbone (``trainable_layers = 0``: a linear probe) always runs in eval mode, and its pooled
+    vectors are memoized per distinct token sequence, so training the head costs one encoder pass over the data, not
+    one per epoch. The memo is skipped while the model is being traced for export."""
+
+    MEMO_LIMIT = 300_000  # rows kept (384-d float32: about 460 MB)
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
+        self.frozen = False
+        self._memo: dict[bytes, Tensor] = {}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.frozen:
+            self.backbone.eval()  # no dropout in a frozen encoder: its outputs are fixed features
+        return self
+
+    def pooled(self, input_ids: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
+        """Pooled encoder output (B, D), memoized per row when the backbone is frozen."""
+        if not self.frozen or torch.compiler.is_compiling():
+            return _pool(self.states(input_ids, attention_mask), attention_mask, pooling)
+        lengths = attention_mask.sum(1).tolist()
+        ids = input_ids.cpu().numpy()
+        keys = [ids[i, : int(n)].tobytes() + bytes([pooling == "cls"]) for i, n in enumerate(lengths)]
+        todo = [i for i, k in enumerate(keys) if k not in self._memo]
+        if todo:
+            idx = torch.tensor(todo, device=input_ids.device)
+            with torch.no_grad():
+                new = _pool(self.states(input_ids[idx], attention_mask[idx]), attention_mask[idx], pooling)  # (b, D)
+            for j, i in enumerate(todo):
+                if len(self._memo) < self.MEMO_LIMIT:
+                    self._memo[keys[i]] = new[j]
+                else:
+                    return _pool(self.states(input_ids, attention_mask), attention_mask, pooling)
+        return torch.stack([self._memo[k] for k in keys])  # (B, D)
 
     @property
     def config(self):
@@ -96,8 +129,7 @@ class HFClassifier(_Adapter):
         self.classifier = nn.Linear(backbone.config.hidden_size, num_labels)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        h = self.states(input_ids, attention_mask)  # (B, T, D)
-        return self.classifier(self.dropout(_pool(h, attention_mask, self.pooling)))  # (B, C)
+        return self.classifier(self.dropout(self.pooled(input_ids, attention_mask, self.pooling)))  # (B, C)
 
 
 class HFEmbedder(_Adapter):
@@ -108,7 +140,7 @@ class HFEmbedder(_Adapter):
         self.pooling, self.normalize = pooling, normalize
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        v = _pool(self.states(input_ids, attention_mask), attention_mask, self.pooling)  # (B, D)
+        v = self.pooled(input_ids, attention_mask, self.pooling)  # (B, D)
         return F.normalize(v, dim=-1) if self.normalize else v
 
 
@@ -156,6 +188,7 @@ def _freeze(adapter: _Adapter, trainable_layers: int | None) -> None:
 
     for p in adapter.backbone.parameters():
         p.requires_grad_(False)
+    adapter.frozen = int(trainable_layers) == 0
     _, stack = find_layer_stack(adapter.backbone)
     for block in list(stack)[len(stack) - int(trainable_layers):] if trainable_layers else []:
         for p in block.parameters():

@@ -390,8 +390,10 @@ class CombinedLoss(nn.Module):
         total: Tensor | None = None
         parts: dict[str, Any] = {}
         for key, w, m in zip(self.keys, self.weights, self.members):
-            if m.feature_layers() or len(views) == 1:
+            if m.feature_layers():
                 term = w * m(views[0][1])  # () scalar
+            elif len(views) == 1 and views[0][0] == 1.0:
+                term = w * m(views[0][1])
             else:
                 term = w * sum(hw * m(v) for hw, v in views)  # () scalar
             parts[key] = term.detach() if as_tensors else float(term.detach())

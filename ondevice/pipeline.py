@@ -175,7 +175,7 @@ def _checked_student(out: Path, splits):
     from .provenance import check_student
 
     student = load_student(out)
-    check_student(out, "student", student, test=(splits.test.x, splits.test.y))
+    check_student(out, "student", student, test=splits.test)
     return student
 
 

@@ -92,24 +92,41 @@ def recorded_results(out_dir: str | os.PathLike, which: str) -> dict[str, Any]:
 
 
 def check_student(out_dir: str | os.PathLike, which: str, model, test=None) -> dict[str, Any]:
-    """Re-evaluate `model` (the `which` model of a distill folder) on the labelled test split its recipe used and
-    refuse it (CheckpointError) unless it reproduces the test accuracy recorded in results.json. `test`: (x, y)
-    tensors of that split when already loaded. Returns the recorded block."""
+    """Re-evaluate `model` (the `which` model of a distill folder) on the test split its recipe used and refuse it
+    (CheckpointError) unless it reproduces the test metric recorded in results.json: the error count for
+    classification, the task's primary metric (perplexity, cosine, ...) otherwise. `test`: that split when already
+    loaded. Returns the recorded block."""
+    from .config import recipe_from_dict
+    from .data import load_data
     from .io import read_json
     from .train import evaluate
 
     out = Path(out_dir)
     recorded = recorded_results(out, which)
-    resolved = read_json(out / "recipe.resolved.json")
-    if test is None:
-        from .data import load_dataset
+    recipe = recipe_from_dict(read_json(out / "recipe.resolved.json"), str(out / "recipe.resolved.json"))
+    task = recipe.task.build()
+    test = load_data(recipe.data, recipe.seed).test if test is None else test
+    teacher = None
+    if task.eval_with_teacher:
+        from .distill import load_student
 
-        d = resolved["data"]
-        splits = load_dataset(d["dataset"], root=d.get("root"), seed=resolved["seed"], val_fraction=d["val_fraction"],
-                              limit_train=d.get("limit_train"), limit_val=d.get("limit_val"),
-                              limit_test=d.get("limit_test"))
-        test = (splits.test.x, splits.test.y)
-    measured = evaluate(model, test[0], test[1], resolved["train"]["eval_batch_size"])
-    check_reproduces(recorded, measured, f"{out / (which + '.pt')}",
-                     f"Re-run `ondevice distill` on this recipe to rebuild it (or --fresh to train again).")
+        teacher = load_student(out, "teacher")
+    measured = evaluate(model, test, recipe.train.eval_batch_size, task=task, teacher=teacher)
+    what, fix = f"{out / (which + '.pt')}", "Re-run `ondevice distill` on this recipe to rebuild it (or --fresh to train again)."
+    if "errors" in measured:
+        check_reproduces(recorded, measured, what, fix)
+    else:
+        _check_metric(recorded, measured, task.primary, what, fix)
     return recorded
+
+
+def _check_metric(recorded: dict, measured: dict, key: str, what: str, fix: str) -> None:
+    from .errors import CheckpointError
+
+    want, got = recorded.get("test_" + key), measured.get(key)
+    if want is None or got is None:
+        return
+    if abs(got - want) > 1e-3 * max(1.0, abs(want)):  # float sums in another thread count move the 4th digit at most
+        raise CheckpointError(f"{what} does not reproduce its recorded test {key}: {got:.6g} now vs {want:.6g} "
+                              f"recorded in results.json; the weights are not the ones distillation measured. "
+                              f"Nothing was exported. {fix}")

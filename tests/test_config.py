@@ -163,3 +163,14 @@ def test_unknown_device_profile_is_named_with_the_valid_ones():
     with pytest.raises(ConfigError, match=r"bench\.profiles\[0\]: unknown device profile 'phone'; built-in profiles: "
                                           r"flagship_phone_cpu, mcu, midrange_phone_cpu, npu_1w"):
         check_references(r)
+
+
+def test_override_null_unsets_an_optional_value(tmp_path):
+    from ondevice.config import load_recipe
+
+    p = tmp_path / "r.toml"
+    p.write_text('[teacher]\nmodel = "mlp"\n[teacher.train]\nepochs = 2\n[student]\nmodel = "mlp"\n'
+                 '[data]\ndataset = "digits"\n')
+    assert load_recipe(p).teacher.train.epochs == 2
+    assert load_recipe(p, ["teacher.train=null"]).teacher.train is None
+    assert load_recipe(p, ["name=nullable"]).name == "nullable"  # only the bare word means "unset"

@@ -228,3 +228,31 @@ def test_cli_missing_data_exits_2_with_the_fetch_command(tmp_path):
     p = cli("distill", str(rp), env={"ONDEVICE_DATA": str(tmp_path / "empty")})
     assert p.returncode == 2
     assert "ondevice fetch fashion-mnist" in p.stderr
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
+    """val_fraction = 0 trains on every training sample (Hinton et al.'s 60,000 MNIST images): no epoch can be chosen
+    by validation, so the last one is kept and said so."""
+    rp = write_recipe(tmp_path, epochs=3)
+    rp.write_text(rp.read_text().replace('dataset = "digits"', 'dataset = "digits"\nval_fraction = 0.0'))
+    res = distill(load_recipe(rp))
+    assert res.results["student"]["best_epoch"] == 3 and res.results["baseline"]["best_epoch"] == 3
+    lines = [json.loads(x) for x in (res.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(x["val_acc"] is None for x in lines)
+    assert 0.5 < res.results["student"]["test_acc"] <= 1.0
+
+
+def test_max_norm_constraint():
+    from ondevice.train import max_norm_
+
+    torch.manual_seed(0)
+    m = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Conv1d(3, 2, 2))
+    with torch.no_grad():
+        m[0].weight.mul_(10)
+    small = m[2].weight.clone()
+    max_norm_(m, 1.5)
+    assert torch.all(m[0].weight.norm(dim=1) <= 1.5 + 1e-6)
+    assert torch.allclose(m[0].weight.norm(dim=1), torch.full((3,), 1.5))  # every row was longer: now exactly c
+    norms = small.view(2, -1).norm(dim=1)
+    expect = small * torch.clamp(1.5 / norms, max=1.0).view(2, 1, 1)
+    assert torch.allclose(m[2].weight, expect)  # rows already within the bound keep their values

@@ -860,3 +860,19 @@ def test_task_loss_names_are_registered_losses():
     from ondevice.tasks import FEATURE_LOSSES, LOGIT_LOSSES, VECTOR_LOSSES
 
     assert LOGIT_LOSSES | VECTOR_LOSSES | FEATURE_LOSSES == set(LOSSES.names())
+
+
+def test_weighted_views_scale_logit_losses_but_not_feature_losses():
+    """A view's weight (a head's weight, or token_lm's global-token factor under torchrun) multiplies the logit losses
+    even when it is the only view; feature losses read module outputs shared by every view and are computed once."""
+    s = torch.tensor([[1.0, 0.0, -1.0]])
+    t = torch.tensor([[0.5, 0.2, 0.1]])
+    y = torch.tensor([0])
+    inp = inputs(s, t, y)
+    loss = build_loss([{"name": "ce"}, {"name": "kd", "temperature": 2.0}])
+    one, parts1 = loss(inp)
+    scaled, parts2 = loss([(0.25, inp)])
+    assert scaled.item() == pytest.approx(0.25 * one.item(), rel=1e-6)
+    assert parts2["ce"] == pytest.approx(0.25 * parts1["ce"], rel=1e-6)
+    two, _ = loss([(0.5, inp), (1.5, inp)])
+    assert two.item() == pytest.approx(2.0 * one.item(), rel=1e-6)

@@ -1,6 +1,7 @@
 """Model registry, user factories, weight loading and the pretrained ccexam teacher (ondevice.models)."""
 from __future__ import annotations
 
+import re
 import shutil
 
 import pytest
@@ -26,7 +27,19 @@ BUILTINS = {
     "mlp": ({"in_features": 64, "hidden": [32, 16], "num_classes": 5, "dropout": 0.1}, (3, 1, 8, 8), 2_693),
     "mnist1d_cnn": ({}, (3, 1, 40), 5_210),
     "mnist1d_mlp": ({}, (3, 1, 40), 15_210),
+    # MobileNetV3-Small at 10 classes: torchvision's mobilenet_v3_small(num_classes=10) has exactly these 1,528,106
+    # (2,542,856 at 1000 classes minus the 1024x990 classifier rows it drops)
+    "mobilenet_v3_small": ({}, (3, 3, 64, 64), 1_528_106),
+    # token inputs: (B, T) int64 ids below vocab_size (+ an attention mask where the forward takes one)
+    "text_encoder": ({"vocab_size": 100, "num_classes": 5}, ("tokens", 3, 9), 77_893),
+    "causal_lm": ({"vocab_size": 100}, ("tokens", 3, 9), 81_792),
 }
+
+
+def _inputs(shape, kwargs):
+    if shape[0] == "tokens":  # (B, T) token ids
+        return (torch.randint(0, kwargs["vocab_size"], shape[1:]),)
+    return (torch.randn(*shape),)
 
 
 def test_every_builtin_is_covered():
@@ -38,9 +51,12 @@ def test_builtin_param_count_and_forward_shape(name):
     kwargs, shape, params = BUILTINS[name]
     model = build_model(name, **kwargs).eval()
     assert param_count(model) == params
+    x = _inputs(shape, kwargs)
     with torch.no_grad():
-        out = model(torch.randn(*shape))
-    assert out.shape == (shape[0], kwargs.get("num_classes", 10))
+        out = model(*x)
+    want = (shape[1], shape[2], kwargs["vocab_size"]) if name == "causal_lm" else (
+        x[0].shape[0], kwargs.get("num_classes", 10))
+    assert out.shape == want
     assert torch.isfinite(out).all()
 
 
@@ -103,8 +119,8 @@ def test_user_factory_by_reference(user_module):
 
 
 def test_bad_references(user_module):
-    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet18'; valid models: ccexam_mnist_cnn, "
-                                               r"fashion_cnn_student"):
+    with pytest.raises(UnknownNameError, match=r"unknown model 'resnet18'; valid models: "
+                                               + re.escape(", ".join(MODELS.names()))):
         build_model("resnet18")
     with pytest.raises(UnknownNameError, match="Did you mean 'hinton_student'"):
         build_model("hinton_studnet")
@@ -186,3 +202,59 @@ def test_pretrained_ccexam_teacher_accuracy_on_real_mnist():
     accuracy = 1 - errors / len(test)
     print(f"measured: ccexam teacher {errors} errors / {len(test)} = {accuracy:.2%} on the MNIST test set")
     assert accuracy >= 0.989, f"{errors} errors on the MNIST test set; data.md measured 95 (99.05%)"
+
+
+def test_vision_libraries_fail_with_the_pip_line():
+    """torchvision/timm constructors import on demand; where they cannot (absent, or a CUDA build against this CPU
+    torch) the error says so and gives the pip line."""
+    for ref in ("torchvision:mobilenet_v3_small", "timm:resnet18"):
+        try:
+            build_model(ref, num_classes=10)
+        except ImportError as e:
+            assert "pip install 'ondevice[vision]'" in str(e) and ref in str(e)
+        else:  # the library imports here: its model is a real nn.Module
+            pass
+
+
+def test_hugging_face_folder_errors():
+    with pytest.raises(DataNotFoundError, match=r"Hugging Face model folder '/nonexistent/bert' does not exist; give "
+                                                r"a local folder with config.json"):
+        build_model("hf:/nonexistent/bert", num_labels=3)
+    with pytest.raises(ConfigError, match=r"kwargs\.head: expected one of classification, embedding, causal_lm, "
+                                          r"tokens, got 'ranker'"):
+        build_model("hf:minilm", head="ranker")
+    with pytest.raises(ConfigError, match=r"kwargs\.num_labels: head = 'classification' needs num_labels"):
+        build_model("hf:minilm")
+
+
+def test_hugging_face_minilm_adapters_run_offline():
+    emb = build_model("hf:minilm", head="embedding").eval()
+    ids = torch.tensor([[101, 3899, 102, 0], [101, 4937, 2003, 102]])  # [CLS] dog [SEP] [PAD] / [CLS] cat is [SEP]
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        v = emb(ids, mask)
+    assert v.shape == (2, 384) and torch.allclose(v.norm(dim=-1), torch.ones(2), atol=1e-5)
+    clf = build_model("hf:minilm", num_labels=7, trainable_layers=1)
+    trainable = {n.split(".")[3] for n, p in clf.named_parameters() if p.requires_grad and ".layer." in n}
+    assert trainable == {"5"}  # only the top encoder layer (and the new head) train
+    assert clf.classifier.weight.requires_grad and not clf.backbone.embeddings.word_embeddings.weight.requires_grad
+    assert clf(ids, mask).shape == (2, 7)
+
+
+def test_frozen_encoder_memoizes_pooled_vectors_exactly():
+    """trainable_layers = 0 is a linear probe: the encoder runs in eval mode and each distinct sequence is encoded
+    once; the memoized vectors equal a fresh pass, and the head still learns."""
+    probe = build_model("hf:minilm", num_labels=3, trainable_layers=0).train()
+    assert probe.frozen and not probe.backbone.training
+    ids = torch.tensor([[101, 3899, 102, 0], [101, 4937, 2003, 102]])
+    mask = (ids != 0).long()
+    first = probe(ids, mask)
+    assert len(probe._memo) == 2
+    again = probe(ids[[1, 0]], mask[[1, 0]])  # the same rows in another order (and padding) come from the memo
+    assert torch.equal(again, first[[1, 0]])
+    fresh = build_model("hf:minilm", num_labels=3).eval()
+    fresh.classifier.load_state_dict(probe.classifier.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(ids, mask), first.detach(), rtol=1e-5, atol=1e-5)
+    first.sum().backward()
+    assert probe.classifier.weight.grad.abs().sum() > 0

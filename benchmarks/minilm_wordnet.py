@@ -1,0 +1,223 @@
+"""The DistilBERT case on real text, measured: all-MiniLM-L6-v2 (a 6-layer, 22.7M-parameter BERT) with a supersense
+head is the teacher on WordNet glosses (45 classes); students keep 3 (DistilBERT's "one layer out of two") or 2 of its
+layers. Trained by `ondevice.distill`, exported to the four targets by `ondevice.export`, timed by `ondevice.bench`.
+
+    .venv/bin/python benchmarks/minilm_wordnet.py --mode quick    # <= 30 min on 2 cores: a subsample, one seed
+    .venv/bin/python benchmarks/minilm_wordnet.py --mode full     # the committed result: 3 seeds (hours; resumable)
+
+Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from it):
+1. teacher choice: a linear probe (frozen encoder, memoized vectors) against a partial fine-tune (top 2 layers), by
+   measured validation accuracy per minute of training on this machine; the better one is the teacher.
+2. the 3-layer student initialised from the teacher (every other layer), distilled (KD at T = 4 + CE) and trained on
+   hard labels alone from the same init, per seed (paired), both evaluated on the test split;
+3. the 2-layer student (teacher layers 0 and 5), distilled;
+4. the loss ablation on seed 0: KD + CE, + DistilBERT's cosine hidden-state loss, + MiniLM's attention/value-relation
+   loss;
+5. embedding mode (examples/minilm_embed.toml): the 3-layer student trained to reproduce the teacher's pooled
+   sentence vectors, judged by cosine and nearest-neighbour agreement@1/@10 on held-out glosses;
+6. export of teacher and students to every target at fp32 / fp16 / int8, verified on held-out glosses, and p50
+   latency at batch 1 and 8 in the same runtime and precision.
+
+Writes benchmarks/results/minilm_wordnet.json (+ .md) with the DistilBERT paper's row beside ours.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from ondevice.config import load_recipe  # noqa: E402
+from ondevice.io import atomic_write_json, atomic_write_text, machine_record, read_json  # noqa: E402
+
+DISTILBERT = {"source": "Sanh et al. 2019, DistilBERT (BERT-base teacher, GLUE)", "layers": "12 -> 6",
+              "params_fewer": 0.40, "speedup": 1.6, "retention": 0.97}
+GOALS = {"retention": ">= 0.97 (3-layer distilled vs teacher, mean over seeds)",
+         "distilled_beats_hard_label": "mean over seeds", "speedup_p50_batch1": ">= 1.8",
+         "int8_size_ratio_max": "<= 0.3", "int8_accuracy_drop_max": "<= 1 point", "embed_agreement_at10": ">= 0.9"}
+
+MODES = {
+    "quick": {"limit_train": 6000, "limit_val": 1000, "limit_test": 2000, "seeds": [0], "epochs": 2,
+              "teacher_epochs": 6, "choice_train": 2000, "ablation_train": 3000},
+    "full": {"limit_train": 30000, "limit_val": 2000, "limit_test": None, "seeds": [0, 1, 2], "epochs": 3,
+             "teacher_epochs": 10, "choice_train": 8000, "ablation_train": 10000},
+}
+
+
+def _data(m: dict, limit_train: int | None = None) -> list[str]:
+    lt = limit_train or m["limit_train"]
+    out = [f"data.limit_train={lt}", f"data.limit_val={m['limit_val']}"]
+    if m["limit_test"]:
+        out.append(f"data.limit_test={m['limit_test']}")
+    return out
+
+
+def run_distill(recipe: str, out: Path, overrides: list[str], threads: int) -> dict:
+    """`ondevice distill` of `recipe` into `out` (resumes from its checkpoints; a finished run is reused)."""
+    from ondevice.distill import distill
+
+    r = load_recipe(ROOT / "examples" / recipe, [*overrides, f'output_dir="{out}"', f"threads={threads}"])
+    if (out / "results.json").exists() and read_json(out / "recipe.resolved.json") == r.to_dict():
+        return read_json(out / "results.json")
+    return distill(r, explicit_output=True).results
+
+
+def teacher_choice(m: dict, base: Path, threads: int) -> dict:
+    """Linear probe vs partial fine-tune of the teacher: validation accuracy per minute of training, measured."""
+    rows = {}
+    for name, layers in (("linear probe (frozen encoder)", 0), ("partial fine-tune (top 2 layers)", 2)):
+        t0 = time.perf_counter()
+        res = run_distill("minilm_wordnet.toml", base / f"choice-{layers}",
+                          [*_data(m, m["choice_train"]), f"teacher.kwargs.trainable_layers={layers}",
+                           "teacher.train.epochs=2", "train.epochs=1", "distill.baseline=false",
+                           f"data.limit_train={m['choice_train']}"], threads)
+        minutes = (time.perf_counter() - t0) / 60
+        acc = res["teacher"]["best_val_acc"]
+        rows[name] = {"trainable_layers": layers, "val_acc": acc, "test_acc": res["teacher"]["test_acc"],
+                      "minutes": minutes, "acc_per_minute": acc / minutes if minutes else None,
+                      "train_samples": m["choice_train"]}
+    best = max(rows, key=lambda k: rows[k]["acc_per_minute"] or 0)
+    return {"candidates": rows, "chosen": best, "trainable_layers": rows[best]["trainable_layers"],
+            "criterion": "validation accuracy per minute of teacher training on this machine (measured)"}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=sorted(MODES), default="quick")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", default="choice,students,two_layer,ablation,embed,export",
+                    help="comma-separated subset of the steps to run (the others are read from earlier runs)")
+    a = ap.parse_args(argv)
+    m = MODES[a.mode]
+    base = ROOT / "runs" / f"minilm-{a.mode}"
+    steps = set(a.steps.split(","))
+    state_path = base / "state.json"
+    state = read_json(state_path) if state_path.exists() else {}
+    if "choice" in steps:
+        state["teacher_choice"] = teacher_choice(m, base, a.threads)
+        atomic_write_json(state_path, state)
+    layers = (state.get("teacher_choice") or {}).get("trainable_layers", 0)
+    teacher = [f"teacher.kwargs.trainable_layers={layers}", f"teacher.train.epochs={m['teacher_epochs']}"]
+    if "students" in steps:
+        state["students"] = run_distill("minilm_wordnet.toml", base / "students",
+                                        [*_data(m), *teacher, f"train.epochs={m['epochs']}",
+                                         f"seeds={m['seeds']}"], a.threads)
+        atomic_write_json(state_path, state)
+    teacher_pt = base / "students" / "teacher.pt"
+    fixed = [f'teacher.weights="{teacher_pt}"', "teacher.train=null"] if teacher_pt.exists() else teacher
+    if "two_layer" in steps:
+        state["two_layer"] = run_distill("minilm_wordnet.toml", base / "two_layer",
+                                         [*_data(m), *fixed, "student.kwargs.layers=2", f"train.epochs={m['epochs']}",
+                                          "distill.baseline=false"], a.threads)
+        atomic_write_json(state_path, state)
+    if "ablation" in steps:
+        state["ablation"] = ablation(m, base, fixed, a.threads)
+        atomic_write_json(state_path, state)
+    if "embed" in steps:
+        state["embed"] = run_distill("minilm_embed.toml", base / "embed",
+                                     [*_data(m), f"train.epochs={m['epochs']}"], a.threads)
+        atomic_write_json(state_path, state)
+    if "export" in steps:
+        from minilm_export import export_and_bench  # noqa: E402  (benchmarks/minilm_export.py)
+
+        state["export"] = export_and_bench(base, state, m, a.threads)
+        atomic_write_json(state_path, state)
+    result = assemble(a.mode, m, state)
+    out = HERE / "results" / "minilm_wordnet.json"
+    atomic_write_json(out, result)
+    atomic_write_text(out.with_suffix(".md"), markdown(result))
+    print(markdown(result))
+    return 0
+
+
+ABLATION = {
+    "kd + ce": [],
+    "+ hidden_cos (DistilBERT)": ['distill.losses=[{name = "kd", weight = 0.9, temperature = 4.0}, '
+                                  '{name = "ce", weight = 0.1}, {name = "hidden_cos", weight = 0.1, '
+                                  'layer_map = [[0, 0], [1, 2], [2, 4]], student_template = '
+                                  '"backbone.encoder.layer.{}", teacher_template = "backbone.encoder.layer.{}"}]'],
+    "+ minilm (attention + value relations)": ['distill.losses=[{name = "kd", weight = 0.9, temperature = 4.0}, '
+                                               '{name = "ce", weight = 0.1}, {name = "minilm", weight = 0.1, '
+                                               'student_layer = "backbone.encoder.layer.2.attention.self", '
+                                               'teacher_layer = "backbone.encoder.layer.5.attention.self", '
+                                               'heads = 12}]'],
+}
+
+
+def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
+    """What each loss adds, seed 0, on a training subsample (feature losses need the teacher live on every batch)."""
+    rows = {}
+    for i, (name, losses) in enumerate(ABLATION.items()):
+        res = run_distill("minilm_wordnet.toml", base / f"ablation-{i}",
+                          [*_data(m, m["ablation_train"]), *fixed, *losses, f"train.epochs={m['epochs']}",
+                           "distill.baseline=false"], threads)
+        rows[name] = {"test_acc": res["student"]["test_acc"], "teacher_test_acc": res["teacher"]["test_acc"],
+                      "train_samples": m["ablation_train"], "teacher_outputs": res["teacher_outputs"],
+                      "seconds": res["seconds_total"]}
+    return rows
+
+
+def assemble(mode: str, m: dict, state: dict) -> dict:
+    s = state.get("students") or {}
+    t_acc = (s.get("teacher") or {}).get("test_acc")
+    per_seed = s.get("per_seed") or []
+    d_mean = _mean([p["student_errors"] for p in per_seed]) if per_seed else None
+    n = (s.get("student") or {}).get("test_n")
+    acc = (lambda e: None if e is None or not n else 1 - e / n)  # noqa: E731
+    distilled, hard = acc(d_mean), acc(_mean([p["baseline_errors"] for p in per_seed]) if per_seed else None)
+    ex = state.get("export") or {}
+    emb = (state.get("embed") or {}).get("student") or {}
+    return {
+        "mode": mode, "seeds": m["seeds"], "subsample": {k: m[k] for k in ("limit_train", "limit_val", "limit_test")},
+        "teacher_accuracy": t_acc, "distilled_accuracy": distilled, "hard_label_accuracy": hard,
+        "retention": None if distilled is None or not t_acc else distilled / t_acc,
+        "gain_errors_mean": s.get("gain_errors_mean"), "gain_ci95": s.get("gain_ci95"),
+        "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
+        "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
+            "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
+        "speedup_p50_batch1": ex.get("speedup_p50_batch1"), "speedup_runtime": ex.get("speedup_runtime"),
+        "int8_size_ratio_max": ex.get("int8_size_ratio_max"), "int8_accuracy_drop_max": ex.get(
+            "int8_accuracy_drop_max"),
+        "embed_agreement_at10": emb.get("test_nn_agreement@10"), "embed_agreement_at1": emb.get(
+            "test_nn_agreement@1"), "embed_cosine": emb.get("test_cosine"),
+        "teacher_choice": state.get("teacher_choice"), "ablation": state.get("ablation"),
+        "artifacts": ex.get("artifacts"), "latency": ex.get("latency"),
+        "distilbert_paper": DISTILBERT, "goals": GOALS, "measured_on": machine_record(),
+    }
+
+
+def _mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def _f(v, spec=".4f"):
+    return "-" if v is None else format(v, spec)
+
+
+def markdown(r: dict) -> str:
+    mo = r["measured_on"]
+    lines = [f"# MiniLM -> WordNet supersenses, {r['mode']} mode (measured on {mo['cpu_model']}, flags "
+             f"{', '.join(mo.get('cpu_flags', []))}; seeds {r['seeds']}; subsample {r['subsample']})", "",
+             "| | teacher | 3-layer distilled | 3-layer hard labels | 2-layer distilled | retention | speedup p50 b1 |",
+             "|---|---|---|---|---|---|---|",
+             f"| ondevice (test accuracy) | {_f(r['teacher_accuracy'])} | {_f(r['distilled_accuracy'])} | "
+             f"{_f(r['hard_label_accuracy'])} | {_f(r['two_layer_accuracy'])} | {_f(r['retention'], '.3f')} | "
+             f"{_f(r['speedup_p50_batch1'], '.2f')} ({r['speedup_runtime'] or '-'}) |",
+             f"| DistilBERT paper (GLUE) | BERT-base | 6 of 12 layers | | | {DISTILBERT['retention']} | "
+             f"{DISTILBERT['speedup']} |", ""]
+    if r.get("ablation"):
+        lines += ["| loss (seed 0) | test accuracy |", "|---|---|"]
+        lines += [f"| {k} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
+    lines += ["", f"Embedding student: cosine {_f(r['embed_cosine'])}, NN agreement@1 {_f(r['embed_agreement_at1'])}, "
+                  f"@10 {_f(r['embed_agreement_at10'])}. int8: size ratio max {_f(r['int8_size_ratio_max'], '.3f')},"
+                  f" accuracy drop max {_f(r['int8_accuracy_drop_max'], '.2f')} points."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
