@@ -74,7 +74,7 @@ def machines_section(results: Path) -> str:
         if rec.get("loadavg"):
             loads.append(rec["loadavg"][0])
     where = "; ".join(f"a {m}: {', '.join(f'`{n}`' for n in names)}" for m, names in groups.items())
-    load = (f" The 1-minute load average when they started was {min(loads):.1f}-{max(loads):.1f} (recorded): the host "
+    load = (f" The 1-minute load average recorded with them was {min(loads):.1f}-{max(loads):.1f}: the host "
             f"is shared, so absolute times are noisy and the suites report medians and ratios measured side by side."
             if loads else "")
     return (f"Every file records the machine (CPU model and flags, cores, load average) and the library versions it was "
@@ -134,7 +134,8 @@ def _gain(n: dict) -> str:
     if n["ci"] is None or n["seeds"] < 2:
         return f"{n['gain']:+g} (1 seed: no CI)"
     lo, hi = n["ci"]
-    return f"{'**' if lo > 0 else ''}{n['gain']:+.1f}{'**' if lo > 0 else ''} [{lo:+.1f}, {hi:+.1f}]"
+    bold = "**" if lo > 0 or hi < 0 else ""
+    return f"{bold}{n['gain']:+.1f}{bold} [{lo:+.1f}, {hi:+.1f}]"
 
 
 def _gap(g) -> str:
@@ -146,8 +147,9 @@ def setup_text(label: str, d: dict) -> str:
         ep = d["epochs"]
         return f"{label} ({ep['teacher']} + {ep['student']} epochs, T = {d['temperature']:g})"
     t, s = d["teacher"], d["student"]
+    images = f"{d['train_n']:,} training images, " if d.get("train_n") else ""
     return (f"{label}: {t['model']} ({t['params']:,} params) -> {s['model']} ({s['params']:,} params), "
-            f"{d['epochs']} epochs, {loss_text(d['losses'])}")
+            f"{images}{d['epochs']} epochs, {loss_text(d['losses'])}")
 
 
 def distill_row(setup: str, n: dict, file: str) -> str:
@@ -171,6 +173,24 @@ def distill_section(results: Path) -> str:
             "| setup | teacher | student, hard labels | student, distilled | gain [95% CI] | gap closed | seeds | file |\n"
             "|---|---|---|---|---|---|---|---|")
     return head + "\n" + "\n".join(rows)
+
+
+def study_section(results: Path) -> str:
+    """The MNIST recipe study (benchmarks/mnist_recipe_study.py): one row per variant, means over its seeds."""
+    st = load("mnist_recipe_study.json", results)
+    rec = st.get("recommended")
+    variants = [(v["variant"], v["what"], v["summary"]) for v in st["variants"]] + (
+        [("**the example now**", f"{rec['recipe']}: d5k, one data split, per-seed loop", rec["summary"])] if rec else [])
+    rows = []
+    for name, what, summary in variants:
+        n = distill_numbers(summary)  # a summarize_seeds() result has the per-seed fields of a result file
+        rows.append(f"| {name} | {what} | {_errors(n['hard'], n['hard_std'])} | "
+                    f"{_errors(n['distilled'], n['distilled_std'])} | {_gain(n)} | {n['seeds']} |")
+    return ("**Why the MNIST example tied, and what made it win** (`mnist_recipe_study.md`, measured on the "
+            f"{machine_phrase(st['measured_on'])}; ccexam teacher {st['variants'][0]['runs'][0]['teacher_errors']} "
+            "test errors; each variant over seeds 0-2, 1 thread):\n\n"
+            "| variant | what changes | student, hard labels | student, distilled | gain [95% CI] | seeds |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 # --- targets, latency, speed, harness, main command -----------------------------------------------------------------
@@ -265,7 +285,7 @@ def main_command_section(results: Path) -> str:
             f"{passed} of {len(gates)} gates passed (`mnist_pipeline.json` is also the CI regression baseline).")
 
 
-SECTIONS = (machines_section, distill_section, targets_section, latency_section, speed_section, harness_section,
+SECTIONS = (machines_section, distill_section, study_section, targets_section, latency_section, speed_section, harness_section,
             main_command_section)
 
 

@@ -364,6 +364,10 @@ def print_summary(res: PipelineResult) -> None:
               f"params, test acc {d['student']['test_acc']:.4f}"
               + (f" (hard labels only: {d['baseline']['test_acc']:.4f})" if "baseline" in d else "")
               + f"  [dim]{r['context']['measured_on']}[/]")
+    if d.get("gain_errors_mean") is not None and d.get("distilled_errors") is not None:  # several seeds
+        from .stats import describe_gain
+
+        con.print(f"[bold]distillation[/] {describe_gain(d)}")
     gate_fail = {}
     for g in r.get("gates", []):
         if not g["passed"]:

@@ -149,3 +149,19 @@ def test_one_failing_target_is_recorded_and_the_others_continue(first_run, tmp_p
     assert "pip install 'ondevice[npu]'" in rows["npu_sdk"]["error"]
     assert not res.passed
     assert any(g.gate == "require_all_targets" and g.artifact == "npu_sdk/fp32" and not g.passed for g in res.gates)
+
+
+def test_closing_summary_shows_the_seed_gain_with_its_ci(tmp_path, capsys):
+    from ondevice.pipeline import PipelineResult, print_summary
+    from ondevice.stats import summarize_seeds
+
+    per_seed = [{"seed": s, "student": {"test_errors": e}, "baseline": {"test_errors": b}}
+                for s, e, b in ((0, 220, 272), (1, 187, 254), (2, 192, 264))]
+    block = {"model": "m", "params": 1000, "test_acc": 0.98}
+    rep = {"distill": {"teacher": block, "student": block, "baseline": block, **summarize_seeds(per_seed, 95)},
+           "context": {"measured_on": "measured on test-cpu"}, "artifacts": [], "gates": [],
+           "recipe": {"gates": {"profile": None}, "bench": {"profiles": ["midrange_phone_cpu"]}}}
+    print_summary(PipelineResult(tmp_path, rep, []))
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("distillation distilled 199.7 ± 17.8 vs hard-label 263.3 ± 9.0 test errors over 3 seeds: gain +63.7, "
+            "95% CI [+52.0, +72.0] (excludes zero;") in out

@@ -37,7 +37,9 @@ def test_the_committed_files_were_measured_with_vnni():
     rec = rt.machine_record(rt.load("mnist_pipeline.json"))
     assert "avx512_vnni" in rec["cpu_flags"]
     assert "AVX-512 with VNNI" in rt.latency_section(rt.RESULTS)
-    assert "without VNNI" not in (ROOT / "README.md").read_text()
+    readme = " ".join((ROOT / "README.md").read_text().split())  # prose is wrapped
+    assert "Intel(R) Xeon(R) Processor @ 2.80GHz (AVX-512 with VNNI)" in readme
+    assert "Xeon (2.8 GHz, AVX2 without VNNI)" not in readme
 
 
 SINGLE = {"teacher": {"test_errors": 95}, "student": {"test_errors": 109}, "baseline": {"test_errors": 107},
@@ -64,6 +66,8 @@ def test_distill_row_formats_means_spreads_and_the_ci():
         "| s | 95 | 106.7 ± 3.5 | 101.0 ± 2.6 | **+5.7** [+4.0, +7.0] | 49% | 3 | `f.json` |")
     straddles = {**SEEDED, "gain_ci95": [-2.0, 4.0]}
     assert "| +5.7 [-2.0, +4.0] |" in rt.distill_row("s", rt.distill_numbers(straddles), "")
+    loses = {**SEEDED, "gain_errors_mean": -7.7, "gain_ci95": [-13.0, -2.0]}  # a loss that all seeds agree on
+    assert "| **-7.7** [-13.0, -2.0] |" in rt.distill_row("s", rt.distill_numbers(loses), "")
     assert "| 95 | 107 | 109 | -2 (1 seed: no CI) | -17% | 1 |" in rt.distill_row("s", rt.distill_numbers(SINGLE), "")
 
 
@@ -99,13 +103,22 @@ def test_check_fails_with_a_diff_when_a_file_changes(copy, monkeypatch, capsys):
 def test_a_second_machine_is_named_with_its_files(copy):
     p = copy / "results" / "distill_speed.json"
     d = json.loads(p.read_text())
-    d["measured_on"] = {**d["measured_on"], "cpu_model": "AMD EPYC", "cpu_flags": ["avx", "avx2", "fma"], "cores": 2}
+    d["measured_on"] = {**d["measured_on"], "cpu_model": "Example CPU", "cpu_flags": ["avx", "avx2"], "cores": 3}
     p.write_text(json.dumps(d))
     text = rt.machines_section(copy / "results")
-    assert "a 2-core AMD EPYC (AVX2 without VNNI): `distill_speed.json`; a 2-core Intel(R) Xeon(R)" in text
+    assert "a 3-core Example CPU (AVX2 without VNNI): `distill_speed.json`;" in text
+    assert "a 2-core Intel(R) Xeon(R) Processor @ 2.80GHz (AVX-512 with VNNI): `fashion_mnist_ablation.json`" in text
 
 
 def test_missing_markers_are_an_error_that_names_them(tmp_path):
     (tmp_path / "README.md").write_text("# no markers\n")
     with pytest.raises(SystemExit, match="results:begin"):
         rt.check(tmp_path / "README.md")
+
+
+def test_setup_text_names_models_schedule_losses_and_the_training_set_when_recorded():
+    d = {"teacher": {"model": "big", "params": 421642}, "student": {"model": "small", "params": 103018}, "epochs": 20,
+         "losses": [{"name": "kd", "weight": 0.9, "temperature": 4.0, "standardize": True}, {"name": "ce", "weight": 0.1}]}
+    assert rt.setup_text("MNIST example", d) == ("MNIST example: big (421,642 params) -> small (103,018 params), 20 epochs, "
+                                                 "0.9 KD (T=4, standardized) + 0.1 CE")
+    assert "small (103,018 params), 5,000 training images, 20 epochs" in rt.setup_text("x", {**d, "train_n": 5000})
