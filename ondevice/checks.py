@@ -46,13 +46,19 @@ def input_embedding_rows(model: nn.Module) -> int | None:
     return None if emb is None else int(emb.num_embeddings)
 
 
+# Exceptions a model raises when it is called with inputs it does not take: a signature mismatch (TypeError), a
+# shape or dtype mismatch inside torch (RuntimeError, ValueError), a missing dict key, an attribute a tensor lacks.
+# Anything else (an IndexError from a list inside forward, ...) is a bug in the model's code and propagates as it is.
+_MISMATCH = (TypeError, RuntimeError, ValueError, KeyError, AttributeError)
+
+
 def _probe(model: nn.Module, inputs: Tree, role: str, key: str) -> Any:
     was = model.training
     model.eval()
     try:
         with torch.no_grad():
             return call_model(model, inputs)
-    except Exception as e:  # noqa: BLE001 - any failure here is the model not taking these inputs
+    except _MISMATCH as e:  # what a call with the wrong arguments, names, shapes or dtypes raises
         raise ConfigError(
             f"{key}: the {role} ({type(model).__name__}) cannot take the dataset's inputs. It was called as "
             f"{describe_inputs(inputs)} and raised {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"

@@ -337,6 +337,7 @@ def _results(run: Run, teacher, teacher_test: dict, teacher_phase, seeds: list[S
     r, first = run.recipe, seeds[0]
     res = {
         "recipe": r.name, "dataset": r.data.dataset, "data_source": run.splits.info.source,
+        "split_sizes": run.splits.sizes(),
         "task": run.task.describe(),
         "input_spec": run.spec.to_dict() if run.spec is not None else None,
         "teacher": {**_block(teacher_test, teacher, teacher_phase), "model": r.teacher.model,

@@ -187,6 +187,24 @@ def _checked_student(out: Path, splits):
     return student
 
 
+@dataclass
+class _Run:
+    """What the stages of one `run` share: the recipe, its output folder, the stage cache and the live board."""
+
+    recipe: Recipe
+    out: Path
+    state: StageState
+    board: Board
+    fresh: bool
+    explicit_output: bool
+    stages: dict[str, dict] = field(default_factory=dict)
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.out / "report"
+
+
 def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fresh: bool = False,
         bench: bool | None = None, force: bool = False, explicit_output: bool = False) -> PipelineResult:
     """Run every stage the recipe asks for; see the module docstring. `bench=False` skips benchmarking.
@@ -201,149 +219,168 @@ def run(recipe: Recipe | str | Path, *, overrides: list[str] | None = None, fres
     check_references(recipe, resume=not fresh)
     out = Path(recipe.output_dir)
     claim_recipe_dir(recipe, force=force, explicit=explicit_output, purpose="run")
-    state = StageState(out / "pipeline" / "state.json", fresh=fresh)
-    do_bench = recipe.bench.enabled if bench is None else bench
     jobs = [(t.target, p, t.options) for t in recipe.export.targets for p in t.precisions]
     board = Board(["distill", *(f"export {t}/{p}" for t, p, _ in jobs), "bench", "report", "gates"])
-    stages: dict[str, dict] = {}
-    t_start = time.perf_counter()
+    r = _Run(recipe, out, StageState(out / "pipeline" / "state.json", fresh=fresh), board, fresh, explicit_output)
     try:
-        # -- distill ------------------------------------------------------------------------------------------
-        key = _h(recipe.section_hash("teacher", "student", "data", "train", "distill", "seed"),
-                 sha256_file(recipe.teacher.weights) if recipe.teacher.weights else None)
-        with _stage(board, "distill") as info:
-            if state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists() \
-                    and _student_intact(out):
-                info.update(state="cached", cached=True, note="student.pt reused")
-            else:
-                from .distill import distill
-
-                distill(recipe, fresh=fresh, explicit_output=explicit_output)
-                state.done("distill", key)
-            results = read_json(out / "results.json")
-            if "baseline" in results:
-                info["note"] = (info["note"] + "; " if info["note"] else "") + (
-                    f"student {results['student']['test_errors']} errors vs hard-label "
-                    f"{results['baseline']['test_errors']}, teacher {results['teacher']['test_errors']}")
-        stages["distill"] = state.timing("distill", key, info)
-
-        # -- export + verify --------------------------------------------------------------------------------------
-        exports: list[dict] = []
-        if jobs:
-            from .cli import export_samples
-            from .data import load_data
-            from .export import export_many
-
-            d = recipe.data
-            splits = None
-            student = None
-            student_sha = sha256_file(out / "student.pt")
-            ex = recipe.export
-            ticker = Ticker(len(jobs), "export")
-            for target, precision, options in jobs:
-                name = f"export {target}/{precision}"
-                jkey = _h(student_sha, target, precision, options, ex.calibration_samples, ex.verify_samples,
-                          ex.thresholds.get(precision), recipe.section_hash("data", "seed", "student"),
-                          library_versions())
-                with _stage(board, name) as info:
-                    art = _cached_record(state, name, jkey)
-                    if art is not None:
-                        info.update(state="cached", cached=True)
-                    else:
-                        if splits is None:
-                            splits = load_data(d, recipe.seed)
-                            student = _checked_student(out, splits)
-                        a = export_many(student, [(target, [precision], options)], out_dir=out / "artifacts",
-                                        stem="student", thresholds=ex.thresholds, student_sha256=student_sha,
-                                        recorded_accuracy=results["student"].get("test_acc"),
-                                        input_spec=results.get("input_spec"), task=results.get("task"),
-                                        **export_samples(splits, ex.calibration_samples, ex.verify_samples))[0]
-                        art = a.to_dict()
-                        if a.status in ("verified", "failed"):  # a deterministic outcome is worth caching
-                            state.done(name, jkey, record=str(a.record_path()))
-                    info["state"] = info["state"] if art["status"] == "verified" else art["status"]
-                    v = art.get("verification") or {}
-                    info["note"] = (f"{art.get('size_bytes') or 0:,} B, SQNR {v.get('sqnr_db', float('nan')):.1f} dB"
-                                    if art["status"] == "verified" else first_line(art.get("error"), 100))
-                exports.append(art)
-                stages[name] = state.timing(name, jkey, info)
-                ticker.tick(f"{target}/{precision} {info['state']}")
-
-        # -- bench + report ------------------------------------------------------------------------------------------
-        report_dir = out / "report"
-        bench_report = None
-        ok_paths = [a["path"] for a in exports if a["status"] == "verified"]
-        if do_bench:
-            from .bench import BenchConfig, TorchModelRef
-            from .bench import bench as run_bench
-
-            b = recipe.bench
-            bkey = _h(sorted((p, sha256_file(p + ".json")) for p in ok_paths), b.model_dump(mode="json"),
-                      sha256_file(out / "student.pt"), recipe.section_hash("teacher", "data", "seed"))
-            with _stage(board, "bench") as info:
-                if state.hit("bench", bkey) and (report_dir / "report.json").exists():
-                    bench_report = read_json(report_dir / "report.json")
-                    info.update(state="cached", cached=True)
-                else:
-                    from .data import load_data
-
-                    d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
-                                                       "limit_train": None, "limit_val": None})
-                    sp = load_data(d, recipe.seed)
-                    s = recipe.student
-                    bench_report = run_bench(
-                        ok_paths, data=_bench_data(sp.test), teacher=_teacher_ref(recipe, out),
-                        student=TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs),
-                        config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
-                                           profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),
-                        out_dir=report_dir)
-                    state.done("bench", bkey)
-                info["note"] = f"{len(ok_paths)} artifacts + teacher + student, {b.mode} mode"
-            stages["bench"] = state.timing("bench", bkey, info)
-
-        # -- pipeline report ----------------------------------------------------------------------------------------
-        from .summary import merge_rows, model_rows
-
-        with _stage(board, "report") as info:
-            threads = recipe.bench.threads[0]
-            report = {
-                "schema_version": PIPELINE_SCHEMA,
-                "kind": "ondevice.pipeline",
-                "recipe": recipe.to_dict(),
-                "context": {"measured_on": (bench_report or {}).get("measured_on")
-                            or f"measured on {results['measured_on']['cpu_model']}"},
-                "distill": results,
-                "models": model_rows(bench_report, threads),
-                "artifacts": merge_rows(exports, bench_report, threads),
-                "bench_report": str(report_dir / "report.json") if bench_report else None,
-                "stages": stages,
-                "seconds": time.perf_counter() - t_start,
-            }
-            atomic_write_json(out / "pipeline.json", report)
-            info["note"] = str(out / "pipeline.json")
-
-        # -- gates --------------------------------------------------------------------------------------------------
-        from .gates import check_gates, junit_xml, markdown_summary
-
-        with _stage(board, "gates") as info:
-            baseline = read_json(recipe.gates.baseline) if recipe.gates.baseline else None
-            gates = check_gates(report, recipe.gates, baseline)
-            md = markdown_summary(gates)
-            atomic_write_text(out / "gates" / "junit.xml", junit_xml(gates))
-            atomic_write_text(out / "gates" / "summary.md", md)
-            import os
-
-            if os.environ.get("GITHUB_STEP_SUMMARY"):
-                with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
-                    f.write(md + "\n")
-            failed = [g for g in gates if not g.passed]
-            info["state"] = "done" if not failed else "failed"
-            info["note"] = f"{len(gates) - len(failed)}/{len(gates)} passed"
-        report["gates"] = [g.to_dict() for g in gates]
-        atomic_write_json(out / "pipeline.json", report)
+        results = _distill_stage(r)
+        exports = _export_stage(r, jobs, results) if jobs else []
+        do_bench = recipe.bench.enabled if bench is None else bench
+        bench_report = _bench_stage(r, exports) if do_bench else None
+        report = _report_stage(r, results, exports, bench_report)
+        gates = _gates_stage(r, report)
     finally:
         board.close()
     return PipelineResult(out, report, gates)
+
+
+def _distill_stage(r: _Run) -> dict:
+    """Distil (or reuse an intact student.pt of the same recipe sections and teacher weights); results.json."""
+    recipe, out = r.recipe, r.out
+    key = _h(recipe.section_hash("teacher", "student", "data", "train", "distill", "seed", "seeds"),
+             sha256_file(recipe.teacher.weights) if recipe.teacher.weights else None)
+    with _stage(r.board, "distill") as info:
+        if r.state.hit("distill", key) and (out / "student.pt").exists() and (out / "results.json").exists() \
+                and _student_intact(out):
+            info.update(state="cached", cached=True, note="student.pt reused")
+        else:
+            from .distill import distill
+
+            distill(recipe, fresh=r.fresh, explicit_output=r.explicit_output)
+            r.state.done("distill", key)
+        results = read_json(out / "results.json")
+        if "baseline" in results:
+            info["note"] = (info["note"] + "; " if info["note"] else "") + _distill_note(results)
+    r.stages["distill"] = r.state.timing("distill", key, info)
+    return results
+
+
+def _distill_note(results: dict) -> str:
+    """Test errors of the distilled and hard-label students (means over seeds when there are several)."""
+    teacher = results["teacher"]["test_errors"]
+    if results.get("gain_errors_mean") is not None and results.get("distilled_errors") is not None:
+        return (f"student {results['distilled_errors']:.1f} errors vs hard-label {results['hard_label_errors']:.1f} "
+                f"(means over seeds {results['seeds']}), teacher {teacher}")
+    return (f"student {results['student']['test_errors']} errors vs hard-label "
+            f"{results['baseline']['test_errors']}, teacher {teacher}")
+
+
+def _export_stage(r: _Run, jobs: list[tuple], results: dict) -> list[dict]:
+    """Export + verify each (target, precision); a record of the same student, settings and libraries is reused."""
+    from .cli import export_samples
+    from .data import load_data
+    from .export import export_many
+
+    recipe, out, ex = r.recipe, r.out, r.recipe.export
+    loaded: dict[str, Any] = {}  # the splits and the checked student, loaded by the first job that needs them
+    student_sha = sha256_file(out / "student.pt")
+    ticker = Ticker(len(jobs), "export")
+    exports: list[dict] = []
+    for target, precision, options in jobs:
+        name = f"export {target}/{precision}"
+        jkey = _h(student_sha, target, precision, options, ex.calibration_samples, ex.verify_samples,
+                  ex.thresholds.get(precision), recipe.section_hash("data", "seed", "student"), library_versions())
+        with _stage(r.board, name) as info:
+            art = _cached_record(r.state, name, jkey)
+            if art is not None:
+                info.update(state="cached", cached=True)
+            else:
+                if not loaded:
+                    loaded["splits"] = load_data(recipe.data, recipe.seed)
+                    loaded["student"] = _checked_student(out, loaded["splits"])
+                a = export_many(loaded["student"], [(target, [precision], options)], out_dir=out / "artifacts",
+                                stem="student", thresholds=ex.thresholds, student_sha256=student_sha,
+                                recorded_accuracy=results["student"].get("test_acc"),
+                                input_spec=results.get("input_spec"), task=results.get("task"),
+                                **export_samples(loaded["splits"], ex.calibration_samples, ex.verify_samples))[0]
+                art = a.to_dict()
+                if a.status in ("verified", "failed"):  # a deterministic outcome is worth caching
+                    r.state.done(name, jkey, record=str(a.record_path()))
+            info["state"] = info["state"] if art["status"] == "verified" else art["status"]
+            v = art.get("verification") or {}
+            info["note"] = (f"{art.get('size_bytes') or 0:,} B, SQNR {v.get('sqnr_db', float('nan')):.1f} dB"
+                            if art["status"] == "verified" else first_line(art.get("error"), 100))
+        exports.append(art)
+        r.stages[name] = r.state.timing(name, jkey, info)
+        ticker.tick(f"{target}/{precision} {info['state']}")
+    return exports
+
+
+def _bench_stage(r: _Run, exports: list[dict]) -> dict:
+    """Bench the verified artifacts beside the eager teacher and student (report/report.json)."""
+    from .bench import BenchConfig, TorchModelRef
+    from .bench import bench as run_bench
+    from .data import load_data
+
+    recipe, out, b = r.recipe, r.out, r.recipe.bench
+    ok_paths = [a["path"] for a in exports if a["status"] == "verified"]
+    bkey = _h(sorted((p, sha256_file(p + ".json")) for p in ok_paths), b.model_dump(mode="json"),
+              sha256_file(out / "student.pt"), recipe.section_hash("teacher", "data", "seed"))
+    with _stage(r.board, "bench") as info:
+        if r.state.hit("bench", bkey) and (r.report_dir / "report.json").exists():
+            bench_report = read_json(r.report_dir / "report.json")
+            info.update(state="cached", cached=True)
+        else:
+            d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
+                                               "limit_train": None, "limit_val": None})
+            s = recipe.student
+            bench_report = run_bench(
+                ok_paths, data=_bench_data(load_data(d, recipe.seed).test), teacher=_teacher_ref(recipe, out),
+                student=TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs),
+                config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
+                                   profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),
+                out_dir=r.report_dir)
+            r.state.done("bench", bkey)
+        info["note"] = f"{len(ok_paths)} artifacts + teacher + student, {b.mode} mode"
+    r.stages["bench"] = r.state.timing("bench", bkey, info)
+    return bench_report
+
+
+def _report_stage(r: _Run, results: dict, exports: list[dict], bench_report: dict | None) -> dict:
+    """pipeline.json: the recipe, the distillation results, one row per model and per artifact, stage times."""
+    from .summary import merge_rows, model_rows
+
+    with _stage(r.board, "report") as info:
+        threads = r.recipe.bench.threads[0]
+        report = {
+            "schema_version": PIPELINE_SCHEMA,
+            "kind": "ondevice.pipeline",
+            "recipe": r.recipe.to_dict(),
+            "context": {"measured_on": (bench_report or {}).get("measured_on")
+                        or f"measured on {results['measured_on']['cpu_model']}"},
+            "distill": results,
+            "models": model_rows(bench_report, threads),
+            "artifacts": merge_rows(exports, bench_report, threads),
+            "bench_report": str(r.report_dir / "report.json") if bench_report else None,
+            "stages": r.stages,
+            "seconds": time.perf_counter() - r.t_start,
+        }
+        atomic_write_json(r.out / "pipeline.json", report)
+        info["note"] = str(r.out / "pipeline.json")
+    return report
+
+
+def _gates_stage(r: _Run, report: dict) -> list:
+    """Check the recipe's gates on the report: gates/junit.xml, gates/summary.md (and GitHub's step summary)."""
+    import os
+
+    from .gates import check_gates, junit_xml, markdown_summary
+
+    with _stage(r.board, "gates") as info:
+        baseline = read_json(r.recipe.gates.baseline) if r.recipe.gates.baseline else None
+        gates = check_gates(report, r.recipe.gates, baseline)
+        md = markdown_summary(gates)
+        atomic_write_text(r.out / "gates" / "junit.xml", junit_xml(gates))
+        atomic_write_text(r.out / "gates" / "summary.md", md)
+        if os.environ.get("GITHUB_STEP_SUMMARY"):
+            with open(os.environ["GITHUB_STEP_SUMMARY"], "a", encoding="utf-8") as f:
+                f.write(md + "\n")
+        failed = [g for g in gates if not g.passed]
+        info["state"] = "done" if not failed else "failed"
+        info["note"] = f"{len(gates) - len(failed)}/{len(gates)} passed"
+    report["gates"] = [g.to_dict() for g in gates]
+    atomic_write_json(r.out / "pipeline.json", report)
+    return gates
 
 
 def console():

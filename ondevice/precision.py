@@ -14,8 +14,14 @@ class Thresholds:
 
     Float kinds use `rtol`/`atol` (numpy.allclose semantics) *and* the task's floors; quantized kinds use
     `min_sqnr_db` (every output) and the task's floors. `None` disables a criterion. Which task uses which floor:
-    `ondevice.verify` (classification and token_lm: min_top1_agreement; token_lm also max_kl; embedding:
+    `ondevice.verify` (classification: min_top1_agreement; token_lm: max_kl and min_next_token_agreement; embedding:
     min_cosine and min_nn_agreement).
+
+    Language models have their own, lower agreement floor: a next-token argmax over hundreds or thousands of tokens
+    flips on near-ties (two tokens within the artifact's rounding error of each other) far more often than a 10-class
+    argmax, while the distribution barely moves. Measured on the conformance byte-level LM: int8 weights at SQNR
+    43-45 dB and KL 3-4e-4 nats/token agreed on 97.3-97.8% of next tokens. KL per token is the primary LM floor;
+    agreement is the backstop that catches a broken artifact.
     """
 
     rtol: float | None = None
@@ -25,6 +31,7 @@ class Thresholds:
     min_cosine: float | None = None  # embeddings: mean cosine similarity to the reference vectors
     min_nn_agreement: float | None = None  # embeddings: nearest-neighbour agreement@1 within the verified samples
     max_kl: float | None = None  # language models: mean KL(reference || artifact) per real token, nats
+    min_next_token_agreement: float | None = None  # language models: top-1 next-token agreement on real tokens
 
     def override(self, **kw) -> "Thresholds":
         return replace(self, **{k: v for k, v in kw.items() if v is not None})
@@ -52,13 +59,17 @@ class Precision:
 
 
 _F32 = Thresholds(rtol=1e-3, atol=1e-4, min_top1_agreement=0.999, min_cosine=0.9999, min_nn_agreement=0.99,
-                  max_kl=1e-4)
-_F16 = Thresholds(min_sqnr_db=35.0, min_top1_agreement=0.99, min_cosine=0.999, min_nn_agreement=0.95, max_kl=1e-3)
-_INT8 = Thresholds(min_sqnr_db=20.0, min_top1_agreement=0.98, min_cosine=0.99, min_nn_agreement=0.9, max_kl=0.02)
-_LOW = Thresholds(min_sqnr_db=12.0, min_top1_agreement=0.95, min_cosine=0.95, min_nn_agreement=0.8, max_kl=0.1)
+                  max_kl=1e-4, min_next_token_agreement=0.99)
+_F16 = Thresholds(min_sqnr_db=35.0, min_top1_agreement=0.99, min_cosine=0.999, min_nn_agreement=0.95, max_kl=1e-3,
+                  min_next_token_agreement=0.97)
+_INT8 = Thresholds(min_sqnr_db=20.0, min_top1_agreement=0.98, min_cosine=0.99, min_nn_agreement=0.9, max_kl=0.02,
+                   min_next_token_agreement=0.95)
+_LOW = Thresholds(min_sqnr_db=12.0, min_top1_agreement=0.95, min_cosine=0.95, min_nn_agreement=0.8, max_kl=0.1,
+                  min_next_token_agreement=0.85)
 # Post-training pruning without fine-tuning is lossy on small models; these floors catch a broken artifact, not a
 # merely pruned one. Fine-tune after pruning (or override the thresholds) when you need more.
-_SPARSE = Thresholds(min_sqnr_db=10.0, min_top1_agreement=0.90, min_cosine=0.9, min_nn_agreement=0.7, max_kl=0.3)
+_SPARSE = Thresholds(min_sqnr_db=10.0, min_top1_agreement=0.90, min_cosine=0.9, min_nn_agreement=0.7, max_kl=0.3,
+                     min_next_token_agreement=0.75)
 
 PRECISIONS: dict[str, Precision] = {
     p.name: p

@@ -326,7 +326,8 @@ class TokenLM(Task):
             return []
         mask = (inputs or {}).get(self.params.get("mask_input", "attention_mask"))
         keep = None if mask is None or tuple(mask.shape) != r.shape[:2] else mask.astype(bool)  # (B, T)
-        return [Criterion("next_token_agreement", out, top1_agreement(r, act[out], keep), "min_top1_agreement"),
+        return [Criterion("next_token_agreement", out, top1_agreement(r, act[out], keep),
+                          "min_next_token_agreement"),
                 Criterion("kl", out, mean_kl(r, act[out], keep), "max_kl", higher_is_better=False)]
 
     def verify_notes(self, ref):

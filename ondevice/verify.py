@@ -12,7 +12,7 @@ classification    top-1 agreement (min_top1_agreement)                 the outpu
 embedding         mean cosine similarity (min_cosine), nearest-        fewer than 3 samples (no neighbours)
                   neighbour agreement@1 (min_nn_agreement)
 token_lm          top-1 next-token agreement over real tokens          the vocabulary axis has one entry
-                  (min_top1_agreement), mean KL(ref || artifact)
+                  (min_next_token_agreement), mean KL(ref || artifact)
                   per token in nats (max_kl)
 multi_output      each head by its own task
 any other output  SQNR / allclose only (state tensors, hidden states)

@@ -187,7 +187,7 @@ def test_conformance(target, precision, model, request, tmp_path, conformance_re
     t1 = time.perf_counter()
     spec = InputSpec.from_dict(art.input_spec)
     named = fit_to_spec(spec, named_arrays(spec, case.x_verify))
-    actual = run_target(tgt, tgt.load(art.path), named, batch_size=7)
+    actual = run_target(tgt, tgt.load(art.path, spec), named, batch_size=7)
     record["reload_seconds"] = time.perf_counter() - t1
     reference = torch_outputs(flat_model(case.model, spec), named)
     again = compare(dict(zip(spec.output_names, reference.values())), actual, case.y_verify,

@@ -121,4 +121,4 @@ def test_setup_text_names_models_schedule_losses_and_the_training_set_when_recor
          "losses": [{"name": "kd", "weight": 0.9, "temperature": 4.0, "standardize": True}, {"name": "ce", "weight": 0.1}]}
     assert rt.setup_text("MNIST example", d) == ("MNIST example: big (421,642 params) -> small (103,018 params), 20 epochs, "
                                                  "0.9 KD (T=4, standardized) + 0.1 CE")
-    assert "small (103,018 params), 5,000 training images, 20 epochs" in rt.setup_text("x", {**d, "train_n": 5000})
+    assert "small (103,018 params), 5,000 training images, 20 epochs" in rt.setup_text("x", {**d, "split_sizes": {"train": 5000, "val": 1000, "test": 10000}})

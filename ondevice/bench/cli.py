@@ -2,8 +2,9 @@
 
 Wired into `ondevice/cli.py` through `add_parser(subparsers)`; `main(args) -> int` runs it.
 Exit codes: 0 report written and every item ok; 1 an item failed (its benchmark, or its verification: a changed
-artifact not verified again, a re-verification that failed) unless --keep-going; 2 usage or input error; 3 internal
-error (ondevice.exits).
+artifact not verified again, a re-verification that failed) unless --keep-going; 2 usage or input error (also an
+item whose file or inputs are bad, e.g. a damaged artifact, unless --keep-going: the others are still benchmarked and
+reported); 3 internal error (ondevice.exits).
 """
 from __future__ import annotations
 
@@ -128,7 +129,7 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g.add_argument("--out", default="bench_out", help="report folder (default ./bench_out)")
     g.add_argument("--no-plots", action="store_true", help="write report.html without plots")
     g.add_argument("--keep-going", action="store_true",
-                   help="exit 0 even when an item failed (the report still records the failure)")
+                   help="exit 0 even when an item failed or had bad input (the report still records it)")
     g.add_argument("--strict", action="store_true", help="exit 1 when any item failed (the default; kept for old "
                                                          "scripts, overrides --keep-going)")
     g.add_argument("--force", action="store_true",
@@ -238,12 +239,14 @@ def main(args: argparse.Namespace) -> int:
     _print_summary(report)
     failed = [it["label"] for it in report["items"] if it["status"] != "ok"]
     bad_input = [it["label"] for it in report["items"] if any(e.get("input_error") for e in it["errors"])]
+    if failed:
+        print(f"ondevice bench: failed items: {', '.join(failed)}", file=sys.stderr)
     if bad_input:  # the report is written; the inputs or files, not the runtimes, are at fault
         print(f"ondevice bench: error: bad input for {', '.join(bad_input)} (see the messages above)",
               file=sys.stderr)
-        return EXIT_USAGE
+        if args.strict or not args.keep_going:
+            return EXIT_USAGE
     if failed:
-        print(f"ondevice bench: failed items: {', '.join(failed)}", file=sys.stderr)
         if args.strict or not args.keep_going:
             return EXIT_FAIL
     return EXIT_OK

@@ -33,6 +33,14 @@ from ondevice.target import (IOTensor, Inspection, Signature, Target, artifact_m
 log = logging.getLogger("ondevice.targets.onnxruntime")
 
 DEFAULT_OPSET = 20
+def in_scratch(folder: Path):
+    """Run ONNX Runtime's quantization tools inside `folder`: for models with external data they write temporary
+    files (sym_shape_infer_temp.onnx, <uuid>.data) into the current directory, which is the user's."""
+    import contextlib
+
+    return contextlib.chdir(Path(folder).resolve())
+
+
 MAX_BATCH = 4096  # upper bound given to the exporter for the symbolic batch dimension
 MAX_SEQ = 8192  # upper bound of a symbolic sequence dimension
 CALIBRATION_BATCH = 32  # samples per calibration call when the graph has a symbolic batch dimension
@@ -241,16 +249,26 @@ class OnnxRuntimeTarget(Target):
     def _pre_process(src: Path, dst: Path) -> None:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        with quiet():
-            quant_pre_process(str(src), str(dst))
+        src, dst = Path(src).resolve(), Path(dst).resolve()
+        try:
+            with quiet(), in_scratch(dst.parent):
+                quant_pre_process(str(src), str(dst))
+        except Exception as e:  # noqa: BLE001 - ORT raises a bare Exception for this
+            if "symbolic shape inference" not in str(e):
+                raise
+            # ONNX Runtime's symbolic shape inference cannot follow every graph with a symbolic sequence axis (a
+            # causal LM's mask built from the sequence length); ONNX's own shape inference is enough to quantize.
+            log.info("onnxruntime: %s; pre-processing with ONNX shape inference only", first_line(e, 200))
+            with quiet(), in_scratch(dst.parent):
+                quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
     def _int8_dynamic(self, src: Path, work: Path, out: Path, reduce_range: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         pre = work / "pre.onnx"
         self._pre_process(src, pre)
-        with quiet():
-            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
+        with quiet(), in_scratch(work):
+            quantize_dynamic(str(pre.resolve()), str(Path(out).resolve()), per_channel=True, weight_type=QuantType.QInt8,
                              reduce_range=reduce_range)
 
     def _int8_static(self, src: Path, work: Path, out: Path, calibration: dict | None, activations: str,
@@ -271,9 +289,9 @@ class OnnxRuntimeTarget(Target):
         method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                   "percentile": CalibrationMethod.Percentile}[calibrate_method]
         uint8 = activations == "uint8"
-        with quiet():
+        with quiet(), in_scratch(work):
             quantize_static(
-                str(pre), str(out), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
+                str(pre.resolve()), str(Path(out).resolve()), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
                 per_channel=True, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
