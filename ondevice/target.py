@@ -289,18 +289,18 @@ def _check_shape(t: IOTensor, shape: tuple, where: str, batch_axis: bool = True)
     for i, (want, got) in enumerate(zip(t.shape, shape)):
         if (i == 0 and batch_axis) or not isinstance(want, int) or want < 0 or want == got:
             continue
-        if i == 1 and got > want:
+        seq_like = not t.takes_floats or len(t.shape) in (2, 3)  # token ids, masks, (B, T, D) features; not images
+        if i == 1 and seq_like and got > want:
             raise InputMismatchError(
                 f"{where}: input {t.name!r} has {got} positions on axis 1, longer than the exported fixed length "
                 f"{want}; truncate it to {want} (tokenizer max_length={want}) or export again with a longer max "
                 f"length" + _dynamic_seq_hint())
-        if i == 1:
+        if i == 1 and seq_like:
             raise InputMismatchError(
                 f"{where}: input {t.name!r} has {got} positions on axis 1; the artifact was exported with the fixed "
                 f"length {want}: pad it to {want} (tokenizer padding='max_length', mask 0 on the padding)")
         raise InputMismatchError(f"{where}: input {t.describe()} needs size {want} on axis {i}, got shape "
-                                 f"{tuple(shape)}" + (" (the artifact's own layout: `ondevice inspect` prints it)"
-                                                      if i > 1 else ""))
+                                 f"{tuple(shape)} (the artifact's own layout: `ondevice inspect` prints it)")
 
 
 def _dynamic_seq_hint() -> str:
@@ -403,6 +403,20 @@ def run_batched(call: Callable[[dict], dict], feeds: dict, batch: int | None) ->
         out = call(pad_batch(chunk, batch))
         parts.append({k: v[:m] for k, v in out.items()})
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
+
+
+def recorded_spec(path) -> Any:
+    """The input spec in the <artifact>.json record beside `path` (an InputSpec), or None when there is no record, it
+    holds no spec or cannot be read (the names then fall back to the format's own)."""
+    from . import sidecar
+    from .errors import OndeviceError
+    from .spec import InputSpec
+
+    try:
+        rec = sidecar.read(path)
+    except (OndeviceError, OSError, ValueError):
+        return None
+    return InputSpec.from_dict(rec["input_spec"]) if rec and rec.get("input_spec") else None
 
 
 def named_like_spec(sig: Signature, spec, path: str = "artifact") -> Signature:

@@ -280,14 +280,16 @@ def test_tflite_input_shape_is_read_from_the_file(tmp_path):
     art = export(case.model, "tflite", "fp32", out=tmp_path / "nhwc.tflite", calibration=case.calibration[:16],
                  verify_data=(case.x_verify[:16], case.y_verify[:16]), nhwc=True)
     bare = tmp_path / "bare.tflite"
-    shutil.copy(art.path, bare)  # no record: the bench reads the layout from the file
-    r = cli("bench", str(bare), "--input-shape", "1,1,8,8", "--out", str(tmp_path / "rep"))
-    assert r.returncode == 2 and re.search(r"input 'input_nhwc' takes shape \[1, 8, 8, 1\] \(read from the file "
-                                           r".*NHWC", r.stderr), r.stderr[-2000:]
+    shutil.copy(art.path, bare)  # no record: the bench reads the signature from the file itself
+    # the file's own metadata (written by ondevice) maps its NHWC tensor to the model's NCHW input 'x'; a shape in
+    # any other layout is refused, naming the shape the file takes and where it was read
+    r = cli("bench", str(bare), "--input-shape", "1,8,8,1", "--out", str(tmp_path / "rep"))
+    assert r.returncode == 2 and re.search(r"input 'x' takes shape \[1, 1, 8, 8\] \(read from the file "
+                                           r".*bare\.tflite itself", r.stderr), r.stderr[-2000:]
     r = cli("bench", str(bare), "--min-queries", "16", "--min-seconds", "0", "--out", str(tmp_path / "rep2"))
     assert r.returncode == 0, r.stderr[-3000:]
     rep = json.loads((tmp_path / "rep2" / "report.json").read_text())
-    assert rep["data"]["inputs"]["input_nhwc"]["sample_shape"] == [8, 8, 1]
+    assert rep["data"]["inputs"]["x"]["sample_shape"] == [1, 8, 8]
 
 
 def test_core_and_bench_name_no_target():

@@ -163,8 +163,12 @@ def test_int8_static_is_full_integer_and_small(artifacts):
         assert "DEQUANTIZE" not in info["ops"], info["ops"]  # no float island in these models
     fp32, int8 = artifacts("mlp", "fp32"), artifacts("mlp", "int8_static")
     assert int8.inspect["weight_params"] > 80_000
+    # the weights shrink 4x; the file a little less, for the scales and the input spec + preprocessing metadata
+    # (a few hundred bytes) both files carry
+    weights = sum(int8.inspect["weight_bytes"].values()) / sum(fp32.inspect["weight_bytes"].values())
+    assert weights <= 0.27, (int8.inspect["weight_bytes"], fp32.inspect["weight_bytes"])
     ratio = int8.size_bytes / fp32.size_bytes
-    assert ratio <= 0.3, f"int8_static {int8.size_bytes} B vs fp32 {fp32.size_bytes} B: ratio {ratio:.3f}"
+    assert ratio <= 0.31, f"int8_static {int8.size_bytes} B vs fp32 {fp32.size_bytes} B: ratio {ratio:.3f}"
 
 
 def test_int8_io_is_quantized_with_the_tensors_own_parameters(artifacts, models, tflite):
@@ -234,8 +238,9 @@ def test_nhwc_artifact_takes_nhwc_and_matches_the_nchw_export(artifacts, models,
     it.invoke()
     y_ref = run_target(tflite, tflite.load(nchw.path), xt[:1])
     np.testing.assert_allclose(it.get_tensor(out["index"]), y_ref, rtol=1e-4, atol=1e-5)
-    with pytest.raises(ValueError, match=r"takes NCHW samples of shape \(3, 8, 8\) \(the artifact itself takes "
-                                         r"NHWC \(8, 8, 3\).*got \(8, 8, 3\)"):
+    # run() takes the model's NCHW layout (the file's metadata maps it to the NHWC tensor); NHWC data is refused
+    with pytest.raises(ValueError, match=r"input x \(float32 \[\d+, 3, 8, 8\]\) needs size 3 on axis 1, got shape "
+                                         r"\(2, 8, 8, 3\) \(the artifact's own layout"):
         run_target(tflite, tflite.load(nhwc.path), xt[:2].transpose(0, 2, 3, 1))  # run() wants NCHW
 
 
@@ -305,7 +310,7 @@ def test_inspect_reports_ops_weights_and_io(artifacts):
     expected = (16 * 27 + 16) + (32 * 16 * 9 + 32) + (512 * 64 + 64) + (64 * 10 + 10)
     assert info["weight_bytes"]["float32"] == 4 * expected
     (inp,) = info["inputs"]
-    assert "args_0" in inp["name"] and inp["shape"] == [1, 3, 8, 8] and inp["dtype"] == "float32"
+    assert inp["name"] == "serving_default_x" and inp["shape"] == [1, 3, 8, 8] and inp["dtype"] == "float32"
     assert inp["quantization"] is None and info["input_layout"].startswith("as traced")
     assert info["outputs"][0]["dtype"] == "float32" and info["outputs"][0]["shape"] == [1, 10]
     assert not info["integer_io"] and math.isclose(info["weight_params"], expected, rel_tol=0.01)

@@ -42,8 +42,12 @@ THREAD_ENV_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
 
 # --- child side --------------------------------------------------------------------------------------------
 def load_named(path: str) -> dict[str, np.ndarray]:
-    """{input name: (N, ...) array} from an .npz written by the harness (in anonymous memory, contiguous)."""
-    with np.load(path) as z:
+    """{input name: (N, ...) array} from an .npz written by the harness, or {"x": array} from an .npy (in anonymous
+    memory, contiguous)."""
+    z = np.load(path)
+    if isinstance(z, np.ndarray):  # a bare .npy: one unnamed input
+        return {"x": np.ascontiguousarray(z)}
+    with z:
         return {k: np.ascontiguousarray(z[k]) for k in z.files}
 
 

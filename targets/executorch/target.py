@@ -35,7 +35,8 @@ from ondevice.errors import ArtifactError, ConfigError, ConversionError, InputMi
 from ondevice.io import temp_dir
 from ondevice.precision import Precision
 from ondevice.quiet import quiet, summarize_exception
-from ondevice.target import IOTensor, Inspection, Signature, Target, calibration_chunks, named_like_spec
+from ondevice.target import (IOTensor, Inspection, Signature, Target, calibration_chunks, named_like_spec,
+                             recorded_spec)
 
 log = logging.getLogger("ondevice.targets.executorch")
 
@@ -268,6 +269,7 @@ class ExecuTorchTarget(Target):
         md = method.metadata
         sig = Signature(tuple(_meta_io(md.input_tensor_meta(i), f"input_{i}") for i in range(md.num_inputs())),
                         tuple(_meta_io(md.output_tensor_meta(i), f"output_{i}") for i in range(md.num_outputs())))
+        spec = spec if spec is not None else recorded_spec(path)
         if spec is not None:
             sig = named_like_spec(sig, spec, str(path))
         return EtRunner(method, sig, str(path))

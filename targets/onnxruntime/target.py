@@ -334,6 +334,7 @@ class OnnxRuntimeTarget(Target):
             out = run(names, feeds)
             for i, k in pos:
                 feeds[i] = out[k]
+            return out
 
         return step
 
