@@ -208,7 +208,11 @@ def predict(engine, runner, xs: dict[str, np.ndarray] | np.ndarray, batch_size: 
     for i in range(0, n, batch_size):
         batch = {k: np.ascontiguousarray(v[i:i + batch_size]) for k, v in feeds.items()}
         nb = len(next(iter(batch.values())))
-        y = np.asarray(next(iter(engine.run(runner, batch).values())), dtype=np.float32)
+        got = engine.run(runner, batch)
+        if not got:
+            raise ArtifactError(f"{where} returned no outputs; the file is damaged or declares no outputs: export it "
+                                f"again")
+        y = np.asarray(next(iter(got.values())), dtype=np.float32)
         if y.ndim == 0 or y.shape[0] != nb:
             raise ArtifactError(f"{where} returned outputs of shape {list(y.shape)} for a batch of {nb} samples, "
                                 f"not one row per sample; the file is damaged or its output is not per sample: "
