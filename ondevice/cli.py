@@ -6,6 +6,8 @@ Exit codes (ondevice.exits): 0 success; 1 a verification, gate or benchmarked it
 """
 from __future__ import annotations
 
+from typing import Any
+
 import argparse
 import os
 import sys
@@ -320,11 +322,22 @@ def _cmd_export(a) -> int:
     return EXIT_OK if all(x.ok for x in arts) else EXIT_FAIL
 
 
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) else "-"
+
+
+def _criteria_text(v: dict) -> str:
+    """The task's verification criteria of an artifact, e.g. `top1_agreement 0.9990` or `cosine 0.9999 ...`."""
+    crit = v.get("criteria") or {}
+    return "  ".join(f"{k} {val:.4f}" for k, val in crit.items() if isinstance(val, (int, float)))
+
+
 def _artifact_line(art) -> str:
     v = art.verification or {}
     if art.status == "verified":
-        return (f"  ok      {art.target:12s} {art.precision:17s} {art.size_bytes:>10,d} B  SQNR {v.get('sqnr_db', 0):6.1f} dB"
-                f"  agree {v.get('top1_agreement', 0):.4f}")
+        sq = v.get("sqnr_db")
+        judged = f"SQNR {sq:6.1f} dB" if isinstance(sq, (int, float)) else "allclose" if v.get("allclose") else ""
+        return f"  ok      {art.target:12s} {art.precision:17s} {art.size_bytes:>10,d} B  {judged}  {_criteria_text(v)}"
     return f"  {art.status.upper():7s} {art.target:12s} {art.precision:17s} {first_line(art.error, 160)}"
 
 
@@ -332,15 +345,13 @@ def _print_export_table(arts, out: Path) -> None:
     from rich.table import Table
 
     t = Table(title="exports (measured in each target's runtime on held-out real samples)")
-    for c in ("target", "precision", "status", "size (bytes)", "SQNR dB", "top-1 agree", "accuracy", "runtime"):
+    for c in ("target", "precision", "status", "size (bytes)", "SQNR dB", "task criteria", "accuracy", "runtime"):
         t.add_column(c)
     for x in arts:
         v = x.verification or {}
         rt = (x.inspect or {}).get("runtime", "")
         t.add_row(x.target, x.precision, x.status, f"{x.size_bytes:,}" if x.size_bytes else "-",
-                  f"{v['sqnr_db']:.1f}" if "sqnr_db" in v else "-",
-                  f"{v['top1_agreement']:.4f}" if "top1_agreement" in v else "-",
-                  f"{v['accuracy']:.4f}" if v.get("accuracy") is not None else "-", str(rt))
+                  _num(v.get("sqnr_db"), ".1f"), _criteria_text(v) or "-", _num(v.get("accuracy"), ".4f"), str(rt))
     from .pipeline import console
 
     console().print(t)
