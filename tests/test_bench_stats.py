@@ -120,3 +120,28 @@ def test_stop_rule_cap_and_chunk_size():
     assert chunk_size(1e6, 0.1) == 100  # 1 ms queries, 100 ms chunks
     assert chunk_size(1e9, 0.1) == 1
     assert chunk_size(10.0, 10.0, max_chunk=500) == 500
+
+
+def test_predict_refuses_an_artifact_with_no_outputs_or_not_one_row_per_sample():
+    """A damaged file can load and run yet declare no outputs, or return another batch size (found by fuzzing)."""
+    import numpy as np
+
+    from ondevice.bench.engines import predict
+    from ondevice.errors import ArtifactError
+
+    class Engine:
+        path = "damaged.tflite"
+
+        def __init__(self, out):
+            self.out = out
+
+        def run(self, runner, feeds):
+            return self.out(len(next(iter(feeds.values()))))
+
+    x = {"x": np.zeros((5, 3), np.float32)}
+    with pytest.raises(ArtifactError, match=r"damaged\.tflite returned no outputs; the file is damaged"):
+        predict(Engine(lambda n: {}), None, x, batch_size=2)
+    with pytest.raises(ArtifactError, match=r"returned outputs of shape \[1, 4\] for a batch of 2 samples"):
+        predict(Engine(lambda n: {"y": np.zeros((1, 4))}), None, x, batch_size=2)
+    y = predict(Engine(lambda n: {"y": np.ones((n, 4)), "h": np.zeros((n, 2))}), None, x, batch_size=2)
+    assert y.shape == (5, 4) and y.dtype == np.float32  # the first (primary) output, every sample
