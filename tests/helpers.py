@@ -64,3 +64,14 @@ def export_case(case, target: str, precision: str, tmp_path: Path, **options):
     return export(case.model, target, precision, out=tmp_path / f"{case.name}_{precision}",
                   calibration=case.calibration, verify_data=(case.x_verify, case.y_verify),
                   task=getattr(case, "task", None), input_spec=getattr(case, "input_spec", None), **options)
+
+
+def padded_tokens(n: int, seed: int, high: int, length: int = 12) -> dict:
+    """{"input_ids", "attention_mask"}: int64 (n, length), ids in [1, high), sample i padded after 6 + i % 6 tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((n, length), np.int64)
+    for i in range(n):
+        mask[i, :6 + i % 6] = 1
+    return {"input_ids": rng.integers(1, high, (n, length)) * mask, "attention_mask": mask}

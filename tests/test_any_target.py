@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import cli
+from helpers import cli, padded_tokens
 from ondevice.errors import InputMismatchError
 from ondevice.export import export, run_target
 from ondevice.target import (IOTensor, Signature, check_feeds, get_target, pad_batch, run_batched)
@@ -22,12 +22,7 @@ T = 12  # tokens per sample
 
 
 def _tokens(n: int, seed: int) -> dict[str, np.ndarray]:
-    """{"input_ids", "attention_mask"}: int64 (n, T), ids in [1, 100), every sample padded after 6..11 tokens."""
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((n, T), np.int64)
-    for i in range(n):
-        mask[i, :6 + i % 6] = 1
-    return {"input_ids": rng.integers(1, 100, (n, T)) * mask, "attention_mask": mask}
+    return padded_tokens(n, seed, high=100, length=T)
 
 
 @pytest.fixture(scope="module")

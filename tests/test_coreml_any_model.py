@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import padded_tokens
 from ondevice.export import export, run_target
 from ondevice.target import get_target
 from ondevice.textnets import text_encoder
@@ -22,11 +23,7 @@ UNUSED_ID = 99  # the samples below draw ids from [1, 90): row 99 of the table i
 
 
 def _tokens(n: int, seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    mask = np.zeros((n, T), np.int64)
-    for i in range(n):
-        mask[i, :6 + i % 6] = 1
-    return {"input_ids": rng.integers(1, 90, (n, T)) * mask, "attention_mask": mask}
+    return padded_tokens(n, seed, high=90, length=T)
 
 
 @pytest.fixture(scope="module")

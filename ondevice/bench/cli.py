@@ -244,12 +244,9 @@ def main(args: argparse.Namespace) -> int:
     if bad_input:  # the report is written; the inputs or files, not the runtimes, are at fault
         print(f"ondevice bench: error: bad input for {', '.join(bad_input)} (see the messages above)",
               file=sys.stderr)
-        if args.strict or not args.keep_going:
-            return EXIT_USAGE
-    if failed:
-        if args.strict or not args.keep_going:
-            return EXIT_FAIL
-    return EXIT_OK
+    if args.keep_going and not args.strict:
+        return EXIT_OK
+    return EXIT_USAGE if bad_input else EXIT_FAIL if failed else EXIT_OK
 
 
 def run(argv: list[str] | None = None) -> int:
