@@ -42,9 +42,11 @@ GOALS = {"retention": ">= 0.97 (3-layer distilled vs teacher, mean over seeds)",
 
 MODES = {
     "quick": {"limit_train": 6000, "limit_val": 1000, "limit_test": 2000, "seeds": [0], "epochs": 2,
-              "teacher_epochs": 6, "choice_train": 2000, "ablation_train": 3000},
+              "teacher_epochs": 6, "choice_train": 2000, "ablation_train": 3000,
+              "export_verify": 256},
     "full": {"limit_train": 30000, "limit_val": 2000, "limit_test": None, "seeds": [0, 1, 2], "epochs": 3,
-             "teacher_epochs": 10, "choice_train": 8000, "ablation_train": 10000},
+             "teacher_epochs": 10, "choice_train": 8000, "ablation_train": 10000,
+             "export_verify": 512},
 }
 
 

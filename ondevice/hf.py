@@ -80,6 +80,13 @@ class _Adapter(nn.Module):
         self.frozen = False
         self._memo: dict[bytes, Tensor] = {}
 
+    def thaw(self) -> None:
+        """Make every layer train again and forget the memo: a copy of a frozen teacher that becomes a student
+        (ondevice.shrink) must run its own encoder, not the teacher's memoized vectors."""
+        self.frozen = False
+        self._memo = {}
+        self.train(self.training)
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.frozen:

@@ -114,6 +114,10 @@ def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
         return lambda **kw: hf_model(ref, **kw)
     if ref.startswith(("torchvision:", "timm:")):
         return _vision_factory(ref)
+    if ref.startswith("distilled:"):  # a model of an `ondevice distill` folder, rebuilt by its recipe (hash-checked)
+        from .distill import load_student
+
+        return lambda which="student": load_student(ref[len("distilled:"):], which)
     if ":" not in ref:
         return MODELS.get(ref)  # unknown names list the valid ones
     return resolve_reference(ref, "model")
@@ -121,8 +125,9 @@ def _resolve_factory(ref: str) -> Callable[..., nn.Module]:
 
 def build_model(ref: str, *, weights: str | os.PathLike | None = None, **kwargs) -> nn.Module:
     """Build a model from a registry name, ``package.module:factory``, ``path/file.py:factory``, ``hf:<folder>`` (a
-    local Hugging Face model, see ondevice.hf), ``torchvision:<name>`` or ``timm:<name>``, optionally loading a state
-    dict.
+    local Hugging Face model, see ondevice.hf), ``torchvision:<name>``, ``timm:<name>`` or ``distilled:<folder>``
+    (the student, or ``which = "baseline"``/``"teacher"``, of an ``ondevice distill`` output folder: its recipe
+    rebuilds it, e.g. a ``from_teacher`` student), optionally loading a state dict.
 
     ``kwargs`` go to the factory. ``weights`` is a file saved with ``torch.save(model.state_dict(), path)`` (also
     accepted: a dict holding it under "state_dict" or "model"); it is read with ``weights_only=True``.

@@ -148,6 +148,17 @@ def _teacher_ref(recipe: Recipe, out: Path):
     return TorchModelRef("teacher", t.model, weights=weights, kwargs=kwargs)
 
 
+def _student_ref(recipe: Recipe, out: Path):
+    """The distilled student for the bench: by its recipe's model name, or rebuilt from the run folder when it was
+    made from the teacher (`from_teacher` is not a model a bench worker can build on its own)."""
+    from .bench import TorchModelRef
+
+    s = recipe.student
+    if s.model == "from_teacher":
+        return TorchModelRef("student", f"distilled:{out}", kwargs={"which": "student"})
+    return TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs)
+
+
 def _student_intact(out: Path) -> bool:
     """student.pt still has the sha256 recorded when distillation wrote it (else the distill stage runs again and
     rebuilds it from its checkpoints)."""
@@ -308,7 +319,7 @@ def _export_stage(r: _Run, jobs: list[tuple], results: dict) -> list[dict]:
 
 def _bench_stage(r: _Run, exports: list[dict]) -> dict:
     """Bench the verified artifacts beside the eager teacher and student (report/report.json)."""
-    from .bench import BenchConfig, TorchModelRef
+    from .bench import BenchConfig
     from .bench import bench as run_bench
     from .data import load_data
 
@@ -323,10 +334,9 @@ def _bench_stage(r: _Run, exports: list[dict]) -> dict:
         else:
             d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
                                                "limit_train": None, "limit_val": None})
-            s = recipe.student
             bench_report = run_bench(
                 ok_paths, data=_bench_data(load_data(d, recipe.seed).test), teacher=_teacher_ref(recipe, out),
-                student=TorchModelRef("student", s.model, weights=str(out / "student.pt"), kwargs=s.kwargs),
+                student=_student_ref(recipe, out),
                 config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
                                    profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),
                 out_dir=r.report_dir)
@@ -390,16 +400,28 @@ def console():
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def _headline_metric(results: dict) -> str:
+    """The test metric the summary line shows: the task's primary one (accuracy, cosine to the teacher, ...), as
+    results.json records it (`test_<name>`)."""
+    from .tasks import build_task
+
+    task = results.get("task") or {"name": "classification"}
+    primary = build_task(task["name"], {k: v for k, v in task.items() if k != "name"}).primary
+    have = [k[len("test_"):] for k in results["teacher"] if k.startswith("test_") and k != "test_n"]
+    return primary if primary in have else have[0]
+
+
 def print_summary(res: PipelineResult) -> None:
     from rich.table import Table
 
     r = res.report
     d = r["distill"]
     con = console()
-    con.print(f"[bold]teacher[/] {d['teacher']['model']} {d['teacher']['params']:,} params, test acc "
-              f"{d['teacher']['test_acc']:.4f}; [bold]student[/] {d['student']['model']} {d['student']['params']:,} "
-              f"params, test acc {d['student']['test_acc']:.4f}"
-              + (f" (hard labels only: {d['baseline']['test_acc']:.4f})" if "baseline" in d else "")
+    key = _headline_metric(d)
+    con.print(f"[bold]teacher[/] {d['teacher']['model']} {d['teacher']['params']:,} params, test {key} "
+              f"{d['teacher'][f'test_{key}']:.4f}; [bold]student[/] {d['student']['model']} "
+              f"{d['student']['params']:,} params, test {key} {d['student'][f'test_{key}']:.4f}"
+              + (f" (hard labels only: {d['baseline'][f'test_{key}']:.4f})" if "baseline" in d else "")
               + f"  [dim]{r['context']['measured_on']}[/]")
     if d.get("gain_errors_mean") is not None and d.get("distilled_errors") is not None:  # several seeds
         from .stats import describe_gain

@@ -127,6 +127,9 @@ def student_from_teacher(teacher: nn.Module, layers: str | int | Sequence[int] =
                 cfg.intermediate_size = int(ffn)
     for p in student.parameters():
         p.requires_grad_(True)  # a frozen teacher (trained head only) still gives a fully trainable student
+    for m in student.modules():  # ... that runs its own layers (a frozen adapter memoizes its pooled vectors)
+        if callable(getattr(m, "thaw", None)):
+            m.thaw()
     student.ondevice_layer_map = {"stack": path, "map": [[i, j] for i, j in enumerate(keep)]}
     return student
 

@@ -40,6 +40,32 @@ def test_hugging_face_encoder_every_other_layer():
     assert 0.3 < float((s * t).sum()) < 0.9999  # a real (different, related) network
 
 
+def test_student_of_a_frozen_teacher_runs_and_trains_its_own_layers():
+    """A linear-probe teacher (frozen encoder) memoizes its pooled vectors; its student must not inherit the memo:
+    it ran the teacher's 6-layer vectors while its 3 layers went untrained, and a reloaded student.pt then scored
+    differently from what distillation recorded (found by the MiniLM recipe run end to end)."""
+    teacher = build_model("hf:minilm", head="classification", num_labels=5, trainable_layers=0,
+                          config={"num_hidden_layers": 2}).eval()
+    ids = torch.tensor([[101, 3899, 2003, 102], [101, 4937, 102, 0]])
+    mask = (ids != 0).long()
+    with torch.no_grad():
+        teacher(ids, mask)  # fills the teacher's memo
+    assert teacher.frozen and len(teacher._memo) == 2
+    student = student_from_teacher(teacher, layers=1).train()
+    assert not student.frozen and student._memo == {} and student.backbone.training
+    fresh = student_from_teacher(build_model("hf:minilm", head="classification", num_labels=5, trainable_layers=0,
+                                             config={"num_hidden_layers": 2}), layers=1)
+    fresh.load_state_dict(student.state_dict())
+    student.eval(), fresh.eval()
+    with torch.no_grad():
+        assert torch.allclose(student(ids, mask), fresh(ids, mask), atol=1e-6)  # what a reload of student.pt gives
+        assert not torch.allclose(student(ids, mask), teacher(ids, mask), atol=1e-3)  # its own (1-layer) encoder
+    student.train()
+    student(ids, mask).sum().backward()
+    assert student.backbone.encoder.layer[0].output.dense.weight.grad.abs().sum() > 0
+    assert teacher.frozen  # the teacher keeps its memo and stays a linear probe
+
+
 def test_ffn_narrowing_keeps_the_most_important_units():
     torch.manual_seed(0)
     teacher = build_model("text_encoder", vocab_size=50, dim=16, layers=4, heads=2, ffn=32, num_classes=3)
