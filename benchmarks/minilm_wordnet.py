@@ -184,6 +184,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "speedup_p50_batch1": ex.get("speedup_p50_batch1"), "speedup_runtime": ex.get("speedup_runtime"),
         "int8_size_ratio_max": ex.get("int8_size_ratio_max"), "int8_accuracy_drop_max": ex.get(
             "int8_accuracy_drop_max"),
+        "int8_verified": ex.get("int8_verified"), "int8_failed": ex.get("int8_failed"),
         "embed_agreement_at10": emb.get("test_nn_agreement@10"), "embed_agreement_at1": emb.get(
             "test_nn_agreement@1"), "embed_cosine": emb.get("test_cosine"),
         "teacher_choice": state.get("teacher_choice"), "ablation": state.get("ablation"),
@@ -215,6 +216,19 @@ def markdown(r: dict) -> str:
     if r.get("ablation"):
         lines += ["| loss (seed 0) | test accuracy |", "|---|---|"]
         lines += [f"| {k} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
+    if r.get("latency"):
+        lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | teacher p50 ms b8 | "
+                      "student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {x['target']} | {x['precision']} | {_f(x['teacher_p50_ms_batch1'], '.3f')} | "
+                  f"{_f(x['student_p50_ms_batch1'], '.3f')} | {_f(x['speedup_batch1'], '.2f')} | "
+                  f"{_f(x['teacher_p50_ms_batch8'], '.3f')} | {_f(x['student_p50_ms_batch8'], '.3f')} | "
+                  f"{_f(x['speedup_batch8'], '.2f')} |" for x in r["latency"]]
+    if r.get("artifacts"):
+        lines += ["", "| model | target | precision | status | size B | SQNR dB | accuracy | p50 ms b1 |",
+                  "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {a['model']} | {a['target']} | {a['precision']} | {a['status']} | {a['size_bytes'] or '-'} | "
+                  f"{_f(a['sqnr_db'], '.1f')} | {_f(a['accuracy'])} | {_f(a['p50_ms'], '.3f')} |"
+                  for a in r["artifacts"]]
     lines += ["", f"Embedding student: cosine {_f(r['embed_cosine'])}, NN agreement@1 {_f(r['embed_agreement_at1'])}, "
                   f"@10 {_f(r['embed_agreement_at10'])}. int8: size ratio max {_f(r['int8_size_ratio_max'], '.3f')},"
                   f" accuracy drop max {_f(r['int8_accuracy_drop_max'], '.2f')} points."]

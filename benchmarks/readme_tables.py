@@ -322,8 +322,44 @@ def main_command_section(results: Path) -> str:
             f"{passed} of {len(gates)} gates passed (`mnist_pipeline.json` is also the CI regression baseline).")
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{v:.1%}"
+
+
+def _x(v, fmt=".2f") -> str:
+    return "n/a" if v is None else f"{v:{fmt}}x"
+
+
+def minilm_section(results: Path) -> str:
+    """The DistilBERT case (benchmarks/minilm_wordnet.py): MiniLM teacher, 3- and 2-layer students, four runtimes."""
+    if not (results / "minilm_wordnet.json").exists():
+        return ""
+    r = load("minilm_wordnet.json", results)
+    sub, p = r["subsample"], r["distilbert_paper"]
+    where = (f"quick mode: a subsample of {sub['limit_train']:,} training glosses, {sub['limit_test'] or 'all'} test "
+             f"glosses, seeds {r['seeds']}; not the full run" if r["mode"] == "quick" else f"full mode, seeds {r['seeds']}")
+    drop, ret, nn10 = r["int8_accuracy_drop_max"], r["retention"], r["embed_agreement_at10"]
+    failed = len(r.get("int8_failed") or [])
+    rows = [f"| ondevice, measured ({where}) | {_pct(r['teacher_accuracy'])} | {_pct(r['distilled_accuracy'])} | "
+            f"{_pct(r['hard_label_accuracy'])} | {_pct(r['two_layer_accuracy'])} | "
+            f"{'n/a' if ret is None else format(ret, '.3f')} | "
+            f"{_x(r['speedup_p50_batch1'])} ({r['speedup_runtime'] or 'not measured'}) | "
+            f"{_x(r['int8_size_ratio_max'], '.3f')} | {'n/a' if drop is None else format(drop, '.2f')} | "
+            f"{'n/a' if nn10 is None else format(nn10, '.3f')} |",
+            f"| DistilBERT paper, published ({p['layers']} layers, {p['source']}) | | | | | {p['retention']} | "
+            f"{p['speedup']}x | | | |",
+            "| goal | | | | | >= 0.97 | >= 1.8x | <= 0.3x | <= 1 point | >= 0.9 |"]
+    return ("**The DistilBERT case on real text** (`minilm_wordnet.json`, all-MiniLM-L6-v2 with a supersense head as "
+            f"the teacher, WordNet glosses, 45 classes; measured on {machine_phrase(r['measured_on'])}; int8 columns "
+            f"over every verified int8 artifact, {failed} int8 artifacts failed verification and are listed in the "
+            "file):\n\n"
+            "| | teacher | 3-layer distilled | 3-layer hard labels | 2-layer distilled | retention | speedup p50 "
+            "batch 1 | int8 size max | int8 accuracy drop max (points) | embedding NN agreement@10 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
 SECTIONS = (machines_section, distill_section, single_seed_section, study_section, targets_section, conformance_section,
-            latency_section, speed_section, harness_section, main_command_section)
+            minilm_section, latency_section, speed_section, harness_section, main_command_section)
 
 
 def _wrap(paragraph: str, width: int = 120) -> str:

@@ -68,9 +68,10 @@ class _Adapter(nn.Module):
     """Wraps a transformers model as ``backbone``; paths for feature losses are ``backbone.encoder.layer.<i>``
     (BERT-like) or ``backbone.model.layers.<i>`` (Llama-like).
 
-    A fully frozen backbone (``trainable_layers = 0``: a linear probe) always runs in eval mode, and its pooled
-    vectors are memoized per distinct token sequence, so training the head costs one encoder pass over the data, not
-    one per epoch. The memo is skipped while the model is being traced for export."""
+    A fully frozen backbone (``trainable_layers = 0``: a linear probe) always runs in eval mode, and while the head
+    trains (the adapter in train mode) its pooled vectors are memoized per distinct token sequence, so training the
+    head costs one encoder pass over the data, not one per epoch. In eval mode (validation, test, bench, export) the
+    encoder always runs: a timed or exported forward is the real one, never a memo lookup."""
 
     MEMO_LIMIT = 300_000  # rows kept (384-d float32: about 460 MB)
 
@@ -94,8 +95,8 @@ class _Adapter(nn.Module):
         return self
 
     def pooled(self, input_ids: Tensor, attention_mask: Tensor, pooling: str) -> Tensor:
-        """Pooled encoder output (B, D), memoized per row when the backbone is frozen."""
-        if not self.frozen or torch.compiler.is_compiling():
+        """Pooled encoder output (B, D), memoized per row when the backbone is frozen and the head is training."""
+        if not self.frozen or not self.training or torch.compiler.is_compiling():
             return _pool(self.states(input_ids, attention_mask), attention_mask, pooling)
         lengths = attention_mask.sum(1).tolist()
         ids = input_ids.cpu().numpy()

@@ -49,8 +49,16 @@ def test_student_of_a_frozen_teacher_runs_and_trains_its_own_layers():
     ids = torch.tensor([[101, 3899, 2003, 102], [101, 4937, 102, 0]])
     mask = (ids != 0).long()
     with torch.no_grad():
-        teacher(ids, mask)  # fills the teacher's memo
-    assert teacher.frozen and len(teacher._memo) == 2
+        teacher.eval()(ids, mask)  # eval mode (validation, bench): the encoder runs, nothing memoized
+        assert teacher._memo == {}
+        teacher.train()(ids, mask)  # the head training: the frozen encoder's vectors are memoized
+    assert teacher.frozen and len(teacher._memo) == 2 and not teacher.backbone.training
+    with torch.no_grad():  # the memo answers in train mode only: change the encoder and eval mode sees it
+        memo_out = teacher(ids, mask)
+        teacher.backbone.encoder.layer[1].output.LayerNorm.bias.add_(1.0)
+        assert torch.equal(teacher(ids, mask), memo_out)
+        assert not torch.allclose(teacher.eval()(ids, mask), memo_out, atol=1e-3)
+        teacher.backbone.encoder.layer[1].output.LayerNorm.bias.sub_(1.0)
     student = student_from_teacher(teacher, layers=1).train()
     assert not student.frozen and student._memo == {} and student.backbone.training
     fresh = student_from_teacher(build_model("hf:minilm", head="classification", num_labels=5, trainable_layers=0,
