@@ -36,8 +36,8 @@ def export_and_bench(base: Path, state: dict, m: dict, threads: int) -> dict:
     run_dir = base / "students"
     recipe = recipe_from_dict(read_json(run_dir / "recipe.resolved.json"), str(run_dir / "recipe.resolved.json"))
     exports = _export_all(base, recipe, m)
-    rows = {label: [] for label, _, _ in MODELS}
-    reports = {bs: _bench(base, recipe, exports, bs, threads, accuracy=bs == 1) for bs in (1, 8)}
+    rows: dict[str, list[dict]] = {label: [] for label in exports}
+    reports = {bs: _bench(base, recipe, m, exports, bs, threads, accuracy=bs == 1) for bs in (1, 8)}
     from ondevice.summary import merge_rows
 
     for label, arts in exports.items():
@@ -57,11 +57,11 @@ def export_and_bench(base: Path, state: dict, m: dict, threads: int) -> dict:
                                "verify": m.get("export_verify", recipe.export.verify_samples)}}
 
 
-def _models(base: Path):
+def _models(base: Path, wanted: tuple[str, ...]):
     from ondevice.distill import load_student
 
     for label, folder, which in MODELS:
-        if (base / folder / "results.json").exists():
+        if label in wanted and (base / folder / "results.json").exists():
             yield label, base / folder, load_student(base / folder, which)
 
 
@@ -79,7 +79,7 @@ def _export_all(base: Path, recipe, m: dict) -> dict[str, list[dict]]:
     samples = export_samples(splits, ex.calibration_samples, m.get("export_verify", ex.verify_samples))
     jobs = [(t.target, t.precisions, t.options) for t in ex.targets]
     out: dict[str, list[dict]] = {}
-    for label, folder, model in _models(base):
+    for label, folder, model in _models(base, m.get("export_models", [x[0] for x in MODELS])):
         res = read_json(folder / "results.json")
         weights = folder / ("teacher.pt" if label == "teacher" else "student.pt")
         acc = (res["teacher"] if label == "teacher" else res["student"]).get("test_acc")
@@ -91,14 +91,14 @@ def _export_all(base: Path, recipe, m: dict) -> dict[str, list[dict]]:
     return out
 
 
-def _bench(base: Path, recipe, exports: dict, batch_size: int, threads: int, accuracy: bool) -> dict:
+def _bench(base: Path, recipe, m: dict, exports: dict, batch_size: int, threads: int, accuracy: bool) -> dict:
     """One bench run over every verified artifact plus the eager teacher and 3-layer student."""
     from ondevice.bench import BenchConfig
     from ondevice.bench import bench as run_bench
     from ondevice.data import load_data
     from ondevice.pipeline import _bench_data, _student_ref, _teacher_ref
 
-    b = recipe.bench
+    b = recipe.bench.model_copy(update={"accuracy_samples": m.get("bench_accuracy", recipe.bench.accuracy_samples)})
     paths = [a["path"] for arts in exports.values() for a in arts if a["status"] == "verified"]
     d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
                                        "limit_train": None, "limit_val": None})
@@ -126,9 +126,9 @@ def _eager(report: dict) -> list[dict]:
 
 def _latency(rows: dict[str, list[dict]]) -> list[dict]:
     """Teacher and 3-layer student p50 in the same runtime and precision, and their ratio (where both measured)."""
-    student = {(r["target"], r["precision"]): r for r in rows["student_3"]}
+    student = {(r["target"], r["precision"]): r for r in rows.get("student_3", [])}
     out = []
-    for t in rows["teacher"]:
+    for t in rows.get("teacher", []):
         s = student.get((t["target"], t["precision"]))
         if s is None:
             continue

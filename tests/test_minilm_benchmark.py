@@ -1,0 +1,72 @@
+"""benchmarks/minilm_wordnet.py's arithmetic: the speedup of the 3-layer student over the teacher in the same runtime
+and precision, int8 size ratios and accuracy drops against the same model's fp32 file of the same target, failed int8
+artifacts kept visible, and the result file's top-level fields (the ones issue 11 names, checked mechanically)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import minilm_export  # noqa: E402
+import minilm_wordnet  # noqa: E402
+
+ISSUE_FIELDS = {"mode", "seeds", "teacher_accuracy", "distilled_accuracy", "hard_label_accuracy", "retention",
+                "speedup_p50_batch1", "speedup_runtime", "int8_size_ratio_max", "int8_accuracy_drop_max",
+                "embed_agreement_at10"}
+
+
+def _row(model, target, precision, status="verified", size=None, acc=None, p50=None, p50_b8=None):
+    return {"model": model, "target": target, "precision": precision, "status": status, "size_bytes": size,
+            "accuracy": acc, "p50_ms": p50, "p50_ms_batch8": p50_b8, "sqnr_db": 30.0, "error": None,
+            "latency_label": "measured on test", "latency_note": None}
+
+
+ROWS = {
+    "teacher": [_row("teacher", "onnxruntime", "fp32", size=1000, acc=0.60, p50=10.0, p50_b8=40.0),
+                _row("teacher", "onnxruntime", "int8_dynamic", size=280, acc=0.595, p50=6.0, p50_b8=20.0),
+                _row("teacher", "coreml", "fp32", size=1000, acc=0.60),  # latency not measurable off Apple
+                _row("teacher", "tflite", "fp32", size=1000, acc=0.60, p50=12.0, p50_b8=50.0)],
+    "student_3": [_row("student_3", "onnxruntime", "fp32", size=700, acc=0.58, p50=4.0, p50_b8=16.0),
+                  _row("student_3", "onnxruntime", "int8_dynamic", size=140, acc=0.56, p50=2.0, p50_b8=8.0),
+                  _row("student_3", "onnxruntime", "int8_static", status="failed", size=140, acc=0.2),
+                  _row("student_3", "coreml", "fp32", size=700, acc=0.58),
+                  _row("student_3", "tflite", "fp32", size=700, acc=0.58, p50=5.0, p50_b8=21.0)],
+}
+
+
+def test_speedup_is_teacher_over_student_in_the_same_runtime_and_precision():
+    lat = {(x["target"], x["precision"]): x for x in minilm_export._latency(ROWS)}
+    assert lat[("onnxruntime", "fp32")]["speedup_batch1"] == pytest.approx(2.5)
+    assert lat[("onnxruntime", "fp32")]["speedup_batch8"] == pytest.approx(2.5)
+    assert lat[("onnxruntime", "int8_dynamic")]["speedup_batch1"] == pytest.approx(3.0)
+    assert lat[("tflite", "fp32")]["speedup_batch1"] == pytest.approx(2.4)
+    assert lat[("coreml", "fp32")]["speedup"] is None  # not measured: no ratio invented
+
+
+def test_int8_ratios_and_drops_against_the_same_models_fp32_file():
+    r = minilm_export._int8(ROWS)
+    assert r["int8_size_ratio_max"] == pytest.approx(0.28)  # teacher 280 / 1000 (student 140 / 700 = 0.2)
+    assert r["int8_accuracy_drop_max"] == pytest.approx(2.0)  # student 0.58 -> 0.56, in points
+    assert r["int8_verified"] == 2
+    assert [(f["model"], f["precision"], f["status"]) for f in r["int8_failed"]] == [
+        ("student_3", "int8_static", "failed")]
+
+
+def test_result_file_has_the_fields_the_issue_names():
+    state = {"students": {"teacher": {"test_acc": 0.6, "params": 22_700_000},
+                          "student": {"test_n": 1000, "params": 17_000_000},
+                          "per_seed": [{"student_errors": 420, "baseline_errors": 440},
+                                       {"student_errors": 400, "baseline_errors": 450}],
+                          "gain_errors_mean": 35.0, "gain_ci95": [10.0, 50.0]},
+             "export": {**minilm_export._int8(ROWS), "speedup_p50_batch1": 2.5, "speedup_runtime": "onnxruntime fp32"},
+             "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97}}}
+    r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], state)
+    assert ISSUE_FIELDS <= set(r)
+    assert r["distilled_accuracy"] == pytest.approx(0.59) and r["hard_label_accuracy"] == pytest.approx(0.555)
+    assert r["retention"] == pytest.approx(0.59 / 0.6)
+    assert r["int8_accuracy_drop_max"] == pytest.approx(2.0) and r["embed_agreement_at10"] == 0.91
+    assert "| ondevice (test accuracy) | 0.6000 | 0.5900 | 0.5550 | - | 0.983 | 2.50 (onnxruntime fp32) |" in \
+        minilm_wordnet.markdown(r)
