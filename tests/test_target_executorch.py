@@ -167,3 +167,35 @@ def test_threads_are_set_before_the_first_load(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "status verified threads 1" in out.stdout
+
+
+@pytest.mark.slow
+def test_int8_of_a_hugging_face_bert_quantizes_and_runs(tmp_path):
+    """PT2E's prepare turned Hugging Face's `kv_arange += kv_offset` into a float32 constant, so the mask's index
+    became float and every int8 export of all-MiniLM-L6-v2 failed with "tensors used as indices must be long";
+    the integer arithmetic keeps its dtype now. Real MiniLM (one of its layers), real WordNet glosses."""
+    from ondevice.data import load_dataset
+    from ondevice.models import build_model
+    from ondevice.targets.executorch.target import integral_constants
+
+    torch.manual_seed(0)
+    model = build_model("hf:minilm", head="embedding", config={"num_hidden_layers": 1}).eval()
+    s = load_dataset("wordnet", kwargs={"tokenizer": "minilm", "max_length": 16}, limit_train=64, limit_test=64)
+    cal = {k: v.numpy() for k, v in s.train.batch(torch.arange(32))[0].items()}
+    ver = {k: v.numpy() for k, v in s.test.batch(torch.arange(64))[0].items()}
+    art = export(model, TARGET, "int8_dynamic", out=tmp_path / "m.pte", calibration=cal, verify_data=(ver, None),
+                 task="embedding", raise_on_failure=False)
+    assert art.status == "verified", art.error
+    assert art.verification["criteria"]["cosine"] > 0.99
+    # the pass itself: a float 0-dim constant added to an int64 tensor takes the tensor's dtype, a float one stays
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    x.meta["val"] = torch.zeros(3, dtype=torch.int64)
+    y = g.placeholder("y")
+    y.meta["val"] = torch.zeros(3)
+    c = g.get_attr("c")
+    g.output((g.call_function(torch.ops.aten.add.Tensor, (x, c)), g.call_function(torch.ops.aten.add.Tensor, (y, c))))
+    gm = torch.fx.GraphModule({"c": torch.tensor(2.0)}, g)
+    assert integral_constants(gm).c.dtype == torch.int64
+    out = gm(torch.arange(3), torch.zeros(3))
+    assert out[0].dtype == torch.int64 and out[0].tolist() == [2, 3, 4]

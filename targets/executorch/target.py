@@ -124,6 +124,30 @@ def capture(model, example_inputs: tuple):
             return torch.export.export(model, example_inputs).module(), int(example_inputs[0].shape[0])
 
 
+def integral_constants(gm):
+    """PT2E's prepare step turns a Python number added to a tensor (Hugging Face's mask code: `kv_arange +=
+    kv_offset`) into a 0-dim float32 constant; against an int64 arange that promotes the index to float and
+    aten.index refuses it ("tensors used as indices must be long ...": every int8 ExecuTorch export of
+    all-MiniLM-L6-v2 failed). A 0-dim float constant with an integral value that meets an integer tensor in add/sub/mul becomes a
+    constant of that tensor's dtype, as the Python number was. Returns `gm`, recompiled."""
+    import torch
+
+    ops = {torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mul.Tensor,
+           torch.ops.aten.add_.Tensor, torch.ops.aten.sub_.Tensor}
+    for n in gm.graph.nodes:
+        if n.op != "call_function" or n.target not in ops or len(n.args) < 2:
+            continue
+        a, b = n.args[0], n.args[1]
+        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and b.op == "get_attr"):
+            continue
+        t, va = getattr(gm, b.target, None), a.meta.get("val")
+        if (isinstance(t, torch.Tensor) and t.ndim == 0 and t.is_floating_point() and isinstance(va, torch.Tensor)
+                and not va.is_floating_point() and va.dtype != torch.bool and float(t) == int(t)):
+            setattr(gm, b.target, t.to(va.dtype))
+    gm.recompile()
+    return gm
+
+
 # ExecuTorch runtime error codes (runtime/core/error.h) -> what they mean for the caller
 _ET_ERRORS = {"0x12": "InvalidArgument: an input does not match the program's input (dtype, shape or count)",
               "0x13": "InvalidType: an input has the wrong type", "0x14": "OperatorMissing: no kernel for an op",
@@ -181,7 +205,8 @@ class ExecuTorchTarget(Target):
                     DuplicateDynamicQuantChainPass)
                 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-                prepared = prepare_pt2e(captured, quantizer if quantizer is not None else ptq_quantizer(dynamic))
+                prepared = integral_constants(prepare_pt2e(captured, quantizer if quantizer is not None
+                                                           else ptq_quantizer(dynamic)))
                 if dynamic:  # activation ranges are chosen at run time; one pass fills the per-channel observers
                     chunks = [tuple(example_inputs)]
                 else:
