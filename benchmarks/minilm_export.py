@@ -157,8 +157,9 @@ def _int8(rows: dict[str, list[dict]]) -> dict:
             ref = fp32.get(r["target"])
             if ref is None:
                 continue
-            ratios.append(r["size_bytes"] / ref["size_bytes"])
+            ratios.append((r["size_bytes"] / ref["size_bytes"], f"{r['model']} {r['target']} {r['precision']}"))
             if r.get("accuracy") is not None and ref.get("accuracy") is not None:
                 drops.append(100 * (ref["accuracy"] - r["accuracy"]))
-    return {"int8_size_ratio_max": max(ratios, default=None), "int8_accuracy_drop_max": max(drops, default=None),
-            "int8_verified": len(ratios), "int8_failed": failed}
+    top = max(ratios, default=(None, None))
+    return {"int8_size_ratio_max": top[0], "int8_size_ratio_max_at": top[1],
+            "int8_accuracy_drop_max": max(drops, default=None), "int8_verified": len(ratios), "int8_failed": failed}

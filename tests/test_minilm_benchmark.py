@@ -49,6 +49,7 @@ def test_speedup_is_teacher_over_student_in_the_same_runtime_and_precision():
 def test_int8_ratios_and_drops_against_the_same_models_fp32_file():
     r = minilm_export._int8(ROWS)
     assert r["int8_size_ratio_max"] == pytest.approx(0.28)  # teacher 280 / 1000 (student 140 / 700 = 0.2)
+    assert r["int8_size_ratio_max_at"] == "teacher onnxruntime int8_dynamic"
     assert r["int8_accuracy_drop_max"] == pytest.approx(2.0)  # student 0.58 -> 0.56, in points
     assert r["int8_verified"] == 2
     assert [(f["model"], f["precision"], f["status"]) for f in r["int8_failed"]] == [
@@ -61,7 +62,8 @@ def test_result_file_has_the_fields_the_issue_names():
                           "per_seed": [{"student_errors": 420, "baseline_errors": 440},
                                        {"student_errors": 400, "baseline_errors": 450}],
                           "gain_errors_mean": 35.0, "gain_ci95": [10.0, 50.0]},
-             "export": {**minilm_export._int8(ROWS), "speedup_p50_batch1": 2.5, "speedup_runtime": "onnxruntime fp32"},
+             "export": {"artifacts": [r for rs in ROWS.values() for r in rs], "speedup_p50_batch1": 2.5,
+                        "speedup_runtime": "onnxruntime fp32"},
              "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97}}}
     r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], state)
     assert ISSUE_FIELDS <= set(r)
