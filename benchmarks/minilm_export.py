@@ -8,9 +8,9 @@ What it returns (into benchmarks/results/minilm_wordnet.json):
 - latency: teacher and student p50 per runtime and precision, and the teacher / student ratio (the speedup);
 - speedup_p50_batch1 / speedup_runtime: the ratio in HEADLINE (ONNX Runtime fp32) when it was measured there, else in
   the first runtime and precision where both were measured;
-- int8_size_ratio_max / int8_accuracy_drop_max: over every verified int8 artifact, against the same model's fp32 file
-  of the same target (accuracy in points on the same test glosses); int8 artifacts that failed verification are
-  listed in int8_failed and not hidden in the maxima.
+- `_int8` (called by minilm_wordnet.assemble on the artifact rows): int8_size_ratio_max / int8_accuracy_drop_max
+  over every verified int8 artifact, against the same model's fp32 file of the same target (accuracy in points on
+  the same test glosses); int8 artifacts that failed verification are listed in int8_failed, not hidden.
 """
 from __future__ import annotations
 
@@ -48,11 +48,10 @@ def export_and_bench(base: Path, state: dict, m: dict, threads: int) -> dict:
     latency = _latency(rows)
     head = next((x for x in latency if (x["target"], x["precision"]) == HEADLINE and x["speedup"]),
                 next((x for x in latency if x["speedup"]), None))
-    int8 = _int8(rows)
     return {"artifacts": [r for rs in rows.values() for r in rs], "latency": latency,
             "speedup_p50_batch1": head and head["speedup"],
             "speedup_runtime": head and f"{head['target']} {head['precision']} (batch 1, {threads} thread)",
-            **int8, "eager": {bs: _eager(rep) for bs, rep in reports.items()},
+            "eager": {bs: _eager(rep) for bs, rep in reports.items()},
             "export_samples": {"calibration": recipe.export.calibration_samples,
                                "verify": m.get("export_verify", recipe.export.verify_samples)}}
 
@@ -95,15 +94,12 @@ def _bench(base: Path, recipe, m: dict, exports: dict, batch_size: int, threads:
     """One bench run over every verified artifact plus the eager teacher and 3-layer student."""
     from ondevice.bench import BenchConfig
     from ondevice.bench import bench as run_bench
-    from ondevice.data import load_data
-    from ondevice.pipeline import _bench_data, _student_ref, _teacher_ref
+    from ondevice.pipeline import _bench_test_data, _student_ref, _teacher_ref
 
     b = recipe.bench.model_copy(update={"accuracy_samples": m.get("bench_accuracy", recipe.bench.accuracy_samples)})
     paths = [a["path"] for arts in exports.values() for a in arts if a["status"] == "verified"]
-    d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
-                                       "limit_train": None, "limit_val": None})
     out = base / "students"
-    return run_bench(paths, data=_bench_data(load_data(d, recipe.seed).test), teacher=_teacher_ref(recipe, out),
+    return run_bench(paths, data=_bench_test_data(recipe, b.accuracy_samples), teacher=_teacher_ref(recipe, out),
                      student=_student_ref(recipe, out),
                      config=BenchConfig(mode=b.mode, threads=(threads,), batch_size=batch_size,
                                         profiles=list(b.profiles), accuracy=accuracy,

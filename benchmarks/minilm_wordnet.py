@@ -71,7 +71,8 @@ def run_distill(recipe: str, out: Path, overrides: list[str], threads: int) -> d
 # (name, trainable encoder layers, teacher.train overrides): a head alone takes a large step size; layers being
 # fine-tuned take BERT's usual small one, in smaller batches
 FINE_TUNE = ["teacher.train.lr=1e-4", "teacher.train.batch_size=64"]
-TEACHERS = (("linear probe (frozen encoder)", 0, ["teacher.train.lr=3e-3", "teacher.train.batch_size=256"]), ("partial fine-tune (top 2 layers)", 2, FINE_TUNE),
+TEACHERS = (("linear probe (frozen encoder)", 0, ["teacher.train.lr=3e-3", "teacher.train.batch_size=256"]),
+            ("partial fine-tune (top 2 layers)", 2, FINE_TUNE),
             ("fine-tune (all 6 layers, embeddings frozen)", 6, FINE_TUNE))
 CHOICE_RULE = ("the highest validation accuracy after the same 2 epochs on the same glosses (minutes and accuracy per "
                "minute recorded beside it). Accuracy per minute was the rule first and picked, in turn, the linear "
@@ -91,7 +92,8 @@ def teacher_choice(m: dict, base: Path, threads: int) -> dict:
                            f"data.limit_train={m['choice_train']}"], threads)
         minutes = (time.perf_counter() - t0) / 60
         acc = res["teacher"]["best_val_acc"]
-        rows[name] = {"trainable_layers": layers, "teacher_train": train, "val_acc": acc, "test_acc": res["teacher"]["test_acc"],
+        rows[name] = {"trainable_layers": layers, "teacher_train": train, "val_acc": acc,
+                      "test_acc": res["teacher"]["test_acc"],
                       "minutes_run": res["seconds_total"] / 60, "minutes_this_call": minutes,
                       "minutes_note": "seconds_total of the run: a killed and resumed run counts only its last part",
                       "acc_per_minute": acc / (res["seconds_total"] / 60), "train_samples": m["choice_train"]}
@@ -152,7 +154,8 @@ def main(argv=None) -> int:
 
         state["export"] = export_and_bench(base, state, m, a.threads)
         atomic_write_json(state_path, state)
-    state["teacher_runs"] = {p.name: outcome(p) for p in sorted(base.glob("students*")) if outcome(p)}
+    runs = {p.name: outcome(p) for p in sorted(base.glob("students*"))}
+    state["teacher_runs"] = {name: o for name, o in runs.items() if o is not None}
     result = assemble(a.mode, m, state)
     out = HERE / "results" / "minilm_wordnet.json"
     atomic_write_json(out, result)
@@ -197,7 +200,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
     acc = (lambda e: None if e is None or not n else 1 - e / n)  # noqa: E731
     distilled, hard = acc(d_mean), acc(_mean([p["baseline_errors"] for p in per_seed]) if per_seed else None)
     ex = state.get("export") or {}
-    if ex.get("artifacts"):  # the int8 summary from the artifact rows (so it follows minilm_export's rules)
+    if ex.get("artifacts"):  # the int8 summary is derived from the artifact rows, never stored beside them
         from minilm_export import _int8
 
         by_model: dict[str, list[dict]] = {}
@@ -252,8 +255,8 @@ def markdown(r: dict) -> str:
         lines += ["| loss (seed 0) | test accuracy |", "|---|---|"]
         lines += [f"| {k} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
     if r.get("latency"):
-        lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | teacher p50 ms b8 | "
-                      "student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | "
+                      "teacher p50 ms b8 | student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {x['target']} | {x['precision']} | {_f(x['teacher_p50_ms_batch1'], '.3f')} | "
                   f"{_f(x['student_p50_ms_batch1'], '.3f')} | {_f(x['speedup_batch1'], '.2f')} | "
                   f"{_f(x['teacher_p50_ms_batch8'], '.3f')} | {_f(x['student_p50_ms_batch8'], '.3f')} | "

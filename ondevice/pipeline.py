@@ -137,6 +137,15 @@ def _bench_data(split) -> tuple:
     return x, (y if isinstance(y, torch.Tensor) and y.ndim == 1 else None)
 
 
+def _bench_test_data(recipe: Recipe, accuracy_samples: int | None) -> tuple:
+    """The recipe's test split for the bench (`accuracy_samples` of it, else the recipe's limit), labels included."""
+    from .data import load_data
+
+    d = recipe.data.model_copy(update={"limit_test": accuracy_samples or recipe.data.limit_test,
+                                       "limit_train": None, "limit_val": None})
+    return _bench_data(load_data(d, recipe.seed).test)
+
+
 def _teacher_ref(recipe: Recipe, out: Path):
     from .bench import TorchModelRef
 
@@ -321,7 +330,6 @@ def _bench_stage(r: _Run, exports: list[dict]) -> dict:
     """Bench the verified artifacts beside the eager teacher and student (report/report.json)."""
     from .bench import BenchConfig
     from .bench import bench as run_bench
-    from .data import load_data
 
     recipe, out, b = r.recipe, r.out, r.recipe.bench
     ok_paths = [a["path"] for a in exports if a["status"] == "verified"]
@@ -332,10 +340,8 @@ def _bench_stage(r: _Run, exports: list[dict]) -> dict:
             bench_report = read_json(r.report_dir / "report.json")
             info.update(state="cached", cached=True)
         else:
-            d = recipe.data.model_copy(update={"limit_test": b.accuracy_samples or recipe.data.limit_test,
-                                               "limit_train": None, "limit_val": None})
             bench_report = run_bench(
-                ok_paths, data=_bench_data(load_data(d, recipe.seed).test), teacher=_teacher_ref(recipe, out),
+                ok_paths, data=_bench_test_data(recipe, b.accuracy_samples), teacher=_teacher_ref(recipe, out),
                 student=_student_ref(recipe, out),
                 config=BenchConfig(mode=b.mode, threads=tuple(b.threads), batch_size=b.batch_size,
                                    profiles=list(b.profiles), accuracy_samples=b.accuracy_samples),

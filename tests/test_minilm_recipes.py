@@ -46,7 +46,8 @@ def test_minilm_wordnet_recipe_runs_end_to_end(tmp_path):
     assert d["teacher"]["model"] == "hf:minilm" and d["student"]["params"] < d["teacher"]["params"]
     assert d["baseline"]["test_n"] == d["student"]["test_n"] == 128
     # the glosses that did not fit in 32 tokens were truncated and counted, and the report says so
-    assert d["input_spec"]["preprocessing"]["max_length"] == 32
+    pre = d["input_spec"]["preprocessing"]
+    assert pre["max_length"] == 32 and pre["truncated"]["test"] > 0 and "to 32 tokens" in pre["truncation"]
     for a in report["artifacts"]:
         assert 0.0 <= a["accuracy"] <= 1.0 and a["accuracy_n"] == 128
         assert [t["name"] for t in json.loads(Path(a["path"] + ".json").read_text())["input_spec"]["inputs"]] == [

@@ -128,8 +128,8 @@ def integral_constants(gm):
     """PT2E's prepare step turns a Python number added to a tensor (Hugging Face's mask code: `kv_arange +=
     kv_offset`) into a 0-dim float32 constant; against an int64 arange that promotes the index to float and
     aten.index refuses it ("tensors used as indices must be long ...": every int8 ExecuTorch export of
-    all-MiniLM-L6-v2 failed). A 0-dim float constant with an integral value that meets an integer tensor in add/sub/mul becomes a
-    constant of that tensor's dtype, as the Python number was. Returns `gm`, recompiled."""
+    all-MiniLM-L6-v2 failed). A 0-dim float constant with an integral value that meets an integer tensor in
+    add/sub/mul becomes a constant of that tensor's dtype, as the Python number was. Returns `gm`, recompiled."""
     import torch
 
     ops = {torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mul.Tensor,
