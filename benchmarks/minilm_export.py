@@ -31,13 +31,14 @@ MODELS = (("teacher", "students", "teacher"), ("student_3", "students", "student
 def export_and_bench(base: Path, state: dict, m: dict, threads: int) -> dict:
     """Export, verify and bench the models of the earlier steps; see the module docstring."""
     from ondevice.config import recipe_from_dict
-    from ondevice.io import read_json
+    from ondevice.io import machine_record, read_json
 
     run_dir = base / "students"
     recipe = recipe_from_dict(read_json(run_dir / "recipe.resolved.json"), str(run_dir / "recipe.resolved.json"))
     exports = _export_all(base, recipe, m)
     rows: dict[str, list[dict]] = {label: [] for label in exports}
     reports = {bs: _bench(base, recipe, m, exports, bs, threads, accuracy=bs == 1) for bs in (1, 8)}
+    measured_on = machine_record()  # taken when the bench ran (an assemble-only re-run keeps it)
     from ondevice.summary import merge_rows
 
     for label, arts in exports.items():
@@ -51,7 +52,7 @@ def export_and_bench(base: Path, state: dict, m: dict, threads: int) -> dict:
     return {"artifacts": [r for rs in rows.values() for r in rs], "latency": latency,
             "speedup_p50_batch1": head and head["speedup"],
             "speedup_runtime": head and f"{head['target']} {head['precision']} (batch 1, {threads} thread)",
-            "eager": {bs: _eager(rep) for bs, rep in reports.items()},
+            "eager": {bs: _eager(rep) for bs, rep in reports.items()}, "measured_on": measured_on,
             "export_samples": {"calibration": recipe.export.calibration_samples,
                                "verify": m.get("export_verify", recipe.export.verify_samples)}}
 

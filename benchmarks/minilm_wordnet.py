@@ -227,7 +227,8 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "teacher_runs": state.get("teacher_runs"),
         "ablation": state.get("ablation"),
         "artifacts": ex.get("artifacts"), "latency": ex.get("latency"),
-        "distilbert_paper": DISTILBERT, "goals": GOALS, "measured_on": machine_record(),
+        "distilbert_paper": DISTILBERT, "goals": GOALS,
+        "measured_on": ex.get("measured_on") or machine_record(),  # the bench's machine record, else this one's
     }
 
 

@@ -133,57 +133,58 @@ def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes:
              compute_precision: str | None = None, target: str | None = None) -> dict:
     """Energy / latency / rate / fit of one inference (batch 1) on `profile`. See the module docstring."""
     kind, _, abits, assumed = precision_cost(precision, compute_precision, target)
-    abytes = abits / 8.0
-    macs = graph["macs"]
-    act_traffic = (graph["input_elements"] + 2 * graph["activation_elements"]) * abytes
-    peak_act = graph["peak_activation_elements"] * abytes
-    separate_storage = profile.weight_storage_bytes is not None
-    weights_on_chip = (not separate_storage) and weight_bytes + peak_act <= profile.sram_bytes
-    acts_on_chip = peak_act <= profile.sram_bytes
-    dram = (0 if weights_on_chip else weight_bytes) + (0 if acts_on_chip else act_traffic)
-    onchip = (weight_bytes if weights_on_chip else 0) + (act_traffic if acts_on_chip else 0)
+    out = {"label": f"estimated ({profile.name})", "profile": profile.name, "compute_kind": kind,
+           "precision_assumed": assumed, **_placement(profile, graph, weight_bytes, abits / 8.0)}
     mac_pj = profile.mult_pj.get(kind, math.nan) + profile.add_pj.get(ACCUMULATOR[kind], math.nan)
-    compute_j = macs * mac_pj * 1e-12
-    memory_j = (dram * profile.dram_pj_per_byte + onchip * profile.sram_pj_per_byte) * 1e-12
-    energy_j = compute_j + memory_j
+    compute_j = out["macs"] * mac_pj * 1e-12
+    memory_j = (out["dram_bytes"] * profile.dram_pj_per_byte + out["onchip_bytes"] * profile.sram_pj_per_byte) * 1e-12
+    out.update({"mac_energy_pj": mac_pj, "compute_energy_j": compute_j, "memory_energy_j": memory_j,
+                "energy_per_inference_j": compute_j + memory_j})
     peak = profile.peak_macs_per_s.get(kind, 0.0)
-    supported = peak > 0 and math.isfinite(mac_pj)
-    if separate_storage:
-        fits = weight_bytes <= profile.weight_storage_bytes and peak_act <= profile.memory_capacity_bytes
-    else:
-        fits = weight_bytes + peak_act <= profile.memory_capacity_bytes
-    out: dict[str, Any] = {
-        "label": f"estimated ({profile.name})",
-        "profile": profile.name,
-        "compute_kind": kind,
-        "precision_assumed": assumed,
-        "macs": int(macs),
-        "mac_energy_pj": mac_pj,
-        "weight_bytes": int(weight_bytes),
-        "activation_traffic_bytes": float(act_traffic),
-        "peak_activation_bytes": float(peak_act),
-        "weights_on_chip": bool(weights_on_chip),
-        "activations_on_chip": bool(acts_on_chip),
-        "dram_bytes": float(dram),
-        "onchip_bytes": float(onchip),
-        "compute_energy_j": compute_j,
-        "memory_energy_j": memory_j,
-        "energy_per_inference_j": energy_j,
-        "fits_memory": bool(fits),
-        "supported": bool(supported),
-    }
-    if not supported:
+    out["supported"] = bool(peak > 0 and math.isfinite(mac_pj))
+    if not out["supported"]:
+        supported = ", ".join(k for k, v in profile.peak_macs_per_s.items() if v > 0)
         out.update({
             "latency_s": None, "bound": None, "max_rate_latency_per_s": None, "max_rate_power_per_s": None,
             "sustainable_rate_per_s": None, "power_at_target_rate_w": None, "meets_power": False,
             "meets_rate": False, "passes": False,
             "reason": f"profile {profile.name} has no {kind} compute (peak_macs_per_s.{kind} = 0 or missing); "
-                      f"use a precision it supports ({', '.join(k for k, v in profile.peak_macs_per_s.items() if v > 0)})",
+                      f"use a precision it supports ({supported})",
         })
         return out
-    compute_s = macs / peak
-    memory_s = dram / profile.memory_bandwidth_bytes_per_s
+    out.update(_rate_and_budget(profile, out, peak))
+    return out
+
+
+def _placement(profile: Profile, graph: dict, weight_bytes: int, abytes: float) -> dict:
+    """Where weights and activations live (on-chip SRAM or DRAM), the bytes moved from each, and whether the model
+    fits the profile's memory."""
+    act_traffic = (graph["input_elements"] + 2 * graph["activation_elements"]) * abytes
+    peak_act = graph["peak_activation_elements"] * abytes
+    separate_storage = profile.weight_storage_bytes is not None
+    weights_on_chip = (not separate_storage) and weight_bytes + peak_act <= profile.sram_bytes
+    acts_on_chip = peak_act <= profile.sram_bytes
+    if separate_storage:
+        fits = weight_bytes <= profile.weight_storage_bytes and peak_act <= profile.memory_capacity_bytes
+    else:
+        fits = weight_bytes + peak_act <= profile.memory_capacity_bytes
+    return {
+        "macs": int(graph["macs"]), "weight_bytes": int(weight_bytes),
+        "activation_traffic_bytes": float(act_traffic), "peak_activation_bytes": float(peak_act),
+        "weights_on_chip": bool(weights_on_chip), "activations_on_chip": bool(acts_on_chip),
+        "dram_bytes": float((0 if weights_on_chip else weight_bytes) + (0 if acts_on_chip else act_traffic)),
+        "onchip_bytes": float((weight_bytes if weights_on_chip else 0) + (act_traffic if acts_on_chip else 0)),
+        "fits_memory": bool(fits),
+    }
+
+
+def _rate_and_budget(profile: Profile, e: dict, peak_macs_per_s: float) -> dict:
+    """Roofline latency (compute vs memory bound), the sustainable rate under the latency and the power budget, and
+    the verdict against the profile's target rate; `e` holds the placement and energy of one inference."""
+    compute_s = e["macs"] / peak_macs_per_s
+    memory_s = e["dram_bytes"] / profile.memory_bandwidth_bytes_per_s
     latency = max(compute_s, memory_s)
+    energy_j = e["energy_per_inference_j"]
     rate_lat = 1.0 / latency if latency > 0 else math.inf
     rate_pow = profile.sustained_power_w / energy_j if energy_j > 0 else math.inf
     sustainable = min(rate_lat, rate_pow)
@@ -191,21 +192,12 @@ def estimate(profile: Profile, graph: dict, precision: str | None, weight_bytes:
     power_at_target = energy_j * target
     meets_power = power_at_target <= profile.sustained_power_w
     meets_rate = sustainable >= target
-    out.update({
-        "compute_s": compute_s,
-        "memory_s": memory_s,
-        "latency_s": latency,
-        "bound": "compute" if compute_s >= memory_s else "memory",
-        "max_rate_latency_per_s": rate_lat,
-        "max_rate_power_per_s": rate_pow,
-        "sustainable_rate_per_s": sustainable,
-        "target_rate_per_s": target,
-        "power_at_target_rate_w": power_at_target,
-        "meets_power": bool(meets_power),
-        "meets_rate": bool(meets_rate),
-        "passes": bool(fits and meets_power and meets_rate),
-    })
-    if not fits:
+    out = {"compute_s": compute_s, "memory_s": memory_s, "latency_s": latency,
+           "bound": "compute" if compute_s >= memory_s else "memory",
+           "max_rate_latency_per_s": rate_lat, "max_rate_power_per_s": rate_pow, "sustainable_rate_per_s": sustainable,
+           "target_rate_per_s": target, "power_at_target_rate_w": power_at_target, "meets_power": bool(meets_power),
+           "meets_rate": bool(meets_rate), "passes": bool(e["fits_memory"] and meets_power and meets_rate)}
+    if not e["fits_memory"]:
         out["reason"] = "does not fit the profile's memory"
     elif not meets_power:
         out["reason"] = f"needs {power_at_target:.3g} W at {target:g}/s > budget {profile.sustained_power_w:g} W"

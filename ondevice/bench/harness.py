@@ -184,52 +184,85 @@ def _run(items: list[Item], ds: Data, config: BenchConfig, profiles: list[Profil
 
 def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant], ds: Data, n_eval: int,
                    paths: dict, config: BenchConfig, res: _Results, tag: str = "bench") -> None:
-    timeout = config.timeout_s
+    """Every measurement of one worker group, in order: start, load, describe, warm up, time in interleaved rounds,
+    memory, then one accuracy pass and one MAC count per item. A variant whose worker fails a step is marked failed
+    there and skipped by the later steps; the others go on."""
+    _start_workers(variants, ds, paths, config)
+    _load_one_at_a_time(_live(variants), config.timeout_s, tag)
+    for v in _live(variants):
+        if v.idx not in res.infos:
+            info = _ask(v, "info", config.timeout_s)
+            if info is not None:
+                res.infos[v.idx] = info
+    timed = [v for v in _live(variants) if v.init.get("latency_measurable", True)]
+    _warm_up(timed, config)
+    _time_interleaved([v for v in timed if v.alive], config, res, tag)
+    for v in _live(timed):
+        v.memory = _ask(v, "memory", config.timeout_s) or {}
+    if config.accuracy and not ds.synthetic:  # synthetic inputs have no labels and no meaningful outputs
+        passes = Ticker(len(idxs), f"{tag}: accuracy passes over {n_eval} samples")
+        for i in idxs:
+            cands = _live([v for v in variants if v.idx == i])
+            if cands:
+                _accuracy_pass(items[i], i, cands[0], paths, config, n_eval, res)
+            passes.tick(items[i].label)
+    _count_graphs(items, idxs, variants, paths, config.timeout_s, res)
+
+
+def _live(variants: list[_Variant]) -> list[_Variant]:
+    return [v for v in variants if v.alive]
+
+
+def _ask(v: _Variant, op: str, timeout: float, stage: str | None = None, **kw):
+    """One request to a variant's worker; a WorkerError marks the variant failed at `stage` and returns None."""
+    try:
+        return v.worker.request(op, timeout, **kw)
+    except WorkerError as e:
+        v.fail(stage or op, e)
+        return None
+
+
+def _start_workers(variants: list[_Variant], ds: Data, paths: dict, config: BenchConfig) -> None:
+    """Every worker initialises its engine at once; items without a runtime here keep only their first worker
+    (for numerics through the reference evaluator)."""
     init_kw = {v.key: {"engine": _engine(v.item, ds), "threads": v.threads} for v in variants}
-    for k, r in _broadcast(variants, "init", timeout, init_kw, inputs=str(paths["latency"]),
+    by_key = {v.key: v for v in variants}
+    for k, r in _broadcast(variants, "init", config.timeout_s, init_kw, inputs=str(paths["latency"]),
                            batch_size=config.batch_size, carry=config.state).items():
-        next(v for v in variants if v.key == k).init = r
-    # items without a runtime here keep only their first worker (for numerics through the reference evaluator)
+        by_key[k].init = r
     for v in variants:
         if v.alive and not v.init.get("latency_measurable", True) and v.threads != config.threads[0]:
             v.worker.close()
             v.worker = None
 
-    def live(vs=variants):
-        return [v for v in vs if v.alive]
 
-    loading = Ticker(len(live()), f"{tag}: loading")
-    for v in live():  # one at a time: load times and peaks without contention
-        try:
-            v.load = v.worker.request("load", timeout)
+def _load_one_at_a_time(variants: list[_Variant], timeout: float, tag: str) -> None:
+    """Sequential loads: load times and memory peaks without contention."""
+    loading = Ticker(len(variants), f"{tag}: loading")
+    for v in variants:
+        v.load = _ask(v, "load", timeout) or {}
+        if v.load:
             log.info("loaded %s (threads=%d) in %.2f s", v.item.label, v.threads, v.load["load_seconds"])
-        except WorkerError as e:
-            v.fail("load", e)
         loading.tick(v.item.label)
 
-    for v in live():
-        if v.idx in res.infos:
-            continue
-        try:
-            res.infos[v.idx] = v.worker.request("info", timeout)
-        except WorkerError as e:
-            v.fail("info", e)
 
-    timed = [v for v in live() if v.init.get("latency_measurable", True)]
+def _warm_up(timed: list[_Variant], config: BenchConfig) -> None:
+    """Warm-up queries per variant; their mean sets the chunk size of the timed rounds."""
     for v in timed:
-        try:
-            v.warmup = v.worker.request("warmup", timeout, min_queries=config.warmup_queries,
-                                        min_seconds=config.warmup_seconds)
+        v.warmup = _ask(v, "warmup", config.timeout_s, min_queries=config.warmup_queries,
+                        min_seconds=config.warmup_seconds) or {}
+        if v.warmup:
             v.chunk_n = chunk_size(v.warmup["mean_ns"], config.chunk_seconds)
-        except WorkerError as e:
-            v.fail("warmup", e)
 
-    by_key = {v.key: v for v in variants}
+
+def _time_interleaved(timed: list[_Variant], config: BenchConfig, res: _Results, tag: str) -> None:
+    """Timed chunks of every variant in interleaved rounds until the stop rule is met (drift hits all alike)."""
+    by_key = {v.key: v for v in timed}
 
     def run_chunk(key):
         v = by_key[key]
         try:
-            r = v.worker.request("chunk", timeout, n=v.chunk_n)
+            r = v.worker.request("chunk", config.timeout_s, n=v.chunk_n)
         except WorkerError as e:
             v.fail("timed queries", e)
             raise
@@ -238,35 +271,22 @@ def _measure_group(items: list[Item], idxs: list[int], variants: list[_Variant],
         return r["ns"]
 
     rule = StopRule(config.min_queries, config.min_seconds, config.max_seconds)
-    timed_keys = [v.key for v in timed if v.alive]
-    log.info("timing %d variants in interleaved rounds (%s mode)", len(timed_keys), config.mode)
-    timing = Ticker(len(timed_keys), f"{tag}: timing variants in interleaved rounds")
-    progress, schedule = interleave(run_chunk, timed_keys, rule,
+    keys = list(by_key)
+    log.info("timing %d variants in interleaved rounds (%s mode)", len(keys), config.mode)
+    timing = Ticker(len(keys), f"{tag}: timing variants in interleaved rounds")
+    progress, schedule = interleave(run_chunk, keys, rule,
                                     on_round=lambda r, p: timing.update(rounds_done(p, rule), f"round {r + 1}"))
     res.progress.update(progress)
     res.schedule.extend(schedule)
 
-    for v in timed:
-        if v.alive:
-            try:
-                v.memory = v.worker.request("memory", timeout)
-            except WorkerError as e:
-                v.fail("memory", e)
 
-    # --- accuracy: one pass over the test set per item ---------------------------------------------------------
-    if config.accuracy and not ds.synthetic:  # synthetic inputs have no labels and no meaningful outputs
-        passes = Ticker(len(idxs), f"{tag}: accuracy passes over {n_eval} samples")
-        for i in idxs:
-            cands = live([v for v in variants if v.idx == i])
-            if cands:
-                _accuracy_pass(items[i], i, cands[0], paths, config, n_eval, res)
-            passes.tick(items[i].label)
-
-    # --- MAC / activation counts of the eager models ------------------------------------------------------------
+def _count_graphs(items: list[Item], idxs: list[int], variants: list[_Variant], paths: dict, timeout: float,
+                  res: _Results) -> None:
+    """MAC / activation counts of the eager models, by the first live worker of each."""
     for i in idxs:
         if items[i].kind != "pytorch":
             continue
-        cands = live([v for v in variants if v.idx == i])
+        cands = _live([v for v in variants if v.idx == i])
         if not cands:
             res.graph_errors[i] = "its worker failed"
             continue
