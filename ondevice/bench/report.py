@@ -117,29 +117,36 @@ def _p50_cell(item: dict, threads: int) -> str:
 
 
 # --- tables (shared by Markdown and HTML) --------------------------------------------------------------------
-def tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
+Table = tuple[str, str, list[str], list[list[str]]]
+
+
+def tables(report: dict) -> list[Table]:
     """(title, caption, header, rows) for every table of the report."""
-    items = report["items"]
-    threads = report["config"]["threads"]
-    ml = report["measured_on"]
-    out = []
+    return [_summary_table(report), _latency_table(report), _memory_table(report),
+            *(_energy_table(report, p) for p in report["profiles"]), _host_energy_table(report)]
+
+
+def _summary_table(report: dict) -> Table:
+    threads, ml = report["config"]["threads"], report["measured_on"]
     hdr = ["item", "target", "precision", "status", "size", "accuracy", "retention", "agreement", "KL (nats)"] + \
           [f"p50 ms @{t}t [95% CI]" for t in threads]
     rows = []
-    for it in items:
+    for it in report["items"]:
         a = it.get("accuracy") or {}
         rows.append([it["label"], it["target"], it.get("precision") or "?", it["status"], fmt_bytes(it["size_bytes"]),
                      fmt_pct(a.get("accuracy")), fmt_pct(a.get("retention")), fmt_pct(a.get("top1_agreement")),
                      fmt(a.get("kl_reference_model"), ".4f")] + [_p50_cell(it, t) for t in threads])
     ref = report.get("reference")
-    out.append(("Summary", f"Accuracy, retention (accuracy / {ref or 'reference'}), top-1 agreement and "
-                           f"KL({ref or 'reference'} || model) on {report['data']['accuracy_samples']} test samples; "
-                           f"latency per query of batch {report['config']['batch_size']}; all {ml}.", hdr, rows))
+    return ("Summary", f"Accuracy, retention (accuracy / {ref or 'reference'}), top-1 agreement and "
+                       f"KL({ref or 'reference'} || model) on {report['data']['accuracy_samples']} test samples; "
+                       f"latency per query of batch {report['config']['batch_size']}; all {ml}.", hdr, rows)
 
+
+def _latency_table(report: dict) -> Table:
     hdr = ["item", "threads", "status", "n", "p50 ms", "p50 95% CI", "p90 ms", "p99 ms", "mean ms", "std ms",
            "samples/s", "chunks"]
     rows = []
-    for it in items:
+    for it in report["items"]:
         for r in it["runs"]:
             lat = r.get("latency")
             if lat:
@@ -153,14 +160,16 @@ def tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                 rows.append([it["label"], str(r["threads"]), r["status"], "-", "-", _short(why), "-", "-", "-", "-",
                              "-", "-"])
     sr = report["schedule"]["stop_rule"]
-    out.append(("Latency", f"{ml}. Interleaved rounds ({report['schedule']['rounds']}); a variant stops at >= "
-                           f"{sr['min_queries']} queries and >= {sr['min_seconds']} s measured, or at "
-                           f"{sr['max_seconds']} s. 95% CI of p50: percentile bootstrap.", hdr, rows))
+    return ("Latency", f"{report['measured_on']}. Interleaved rounds ({report['schedule']['rounds']}); a variant stops "
+                       f"at >= {sr['min_queries']} queries and >= {sr['min_seconds']} s measured, or at "
+                       f"{sr['max_seconds']} s. 95% CI of p50: percentile bootstrap.", hdr, rows)
 
+
+def _memory_table(report: dict) -> Table:
     hdr = ["item", "threads", "baseline RSS", "load peak above baseline", "RSS after load above baseline",
            "run peak above baseline", "file size", "runtime's own figures"]
     rows = []
-    for it in items:
+    for it in report["items"]:
         rm = it.get("runtime_memory") or {}
         rms = ", ".join(f"{k}={fmt_bytes(v) if _num(v) is not None else v}" for k, v in rm.items()) or "-"
         for r in it["runs"]:
@@ -173,43 +182,41 @@ def tables(report: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                 why = it["memory"].get("reason") or (r.get("error") or {}).get("message") or "-"
                 rows.append([it["label"], str(r["threads"]), "-", _short(why), "-", "-", fmt_bytes(it["size_bytes"]),
                              _short(rms, 120)])
-    method = next((it["memory"]["method"] for it in items if it["memory"].get("method")), "-")
-    out.append(("Memory", f"{ml}. Method: {method}.", hdr, rows))
+    method = next((it["memory"]["method"] for it in report["items"] if it["memory"].get("method")), "-")
+    return ("Memory", f"{report['measured_on']}. Method: {method}.", hdr, rows)
 
-    for p in report["profiles"]:
-        name = p["name"]
-        hdr = ["item", "precision", "MACs", "weights", "energy / inference", "latency", "bound", "sustainable /s",
-               f"power @ {fmt(p.get('target_inferences_per_s', 30), 'g')}/s", "fits memory", "meets power", "passes",
-               "note"]
-        rows = []
-        for it in items:
-            est = next((e for e in (it["energy"].get("estimated") or []) if e["profile"] == name), None)
-            if est is None:
-                rows.append([it["label"], it.get("precision") or "?"] + ["-"] * 10
-                            + [_short(it["energy"].get("estimated_reason") or "-")])
-                continue
-            rows.append([it["label"], it.get("precision") or "?", fmt_si(est["macs"], "MAC"),
-                         fmt_bytes(est["weight_bytes"]), fmt_si(est["energy_per_inference_j"], "J"),
-                         fmt_si(est.get("latency_s"), "s"), est.get("bound") or "-",
-                         fmt(est.get("sustainable_rate_per_s"), ".4g"), fmt_si(est.get("power_at_target_rate_w"), "W"),
-                         yn(est["fits_memory"]), yn(est["meets_power"]), yn(est["passes"]),
-                         _short(est.get("reason") or "")])
-        out.append((f"Energy, estimated ({name})",
-                    f"estimated ({name}): {p.get('description', '')}. Budget {fmt(p['sustained_power_w'], 'g')} W, "
-                    f"{fmt_bytes(p['memory_capacity_bytes'])} memory, one sample per inference; energy per op from "
-                    f"Horowitz, ISSCC 2014. Not measured.", hdr, rows))
 
-    he = report["host_energy"]
-    hdr = ["item", "threads", "host energy / inference"]
+def _energy_table(report: dict, p: dict) -> Table:
+    name = p["name"]
+    hdr = ["item", "precision", "MACs", "weights", "energy / inference", "latency", "bound", "sustainable /s",
+           f"power @ {fmt(p.get('target_inferences_per_s', 30), 'g')}/s", "fits memory", "meets power", "passes",
+           "note"]
     rows = []
-    for it in items:
-        for r in it["runs"]:
-            if r.get("host_energy"):
-                rows.append([it["label"], str(r["threads"]), fmt_si(r["host_energy"]["joules_per_inference"], "J")])
-    cap = (f"{ml}; RAPL package counters around each timed chunk (includes every process on the package)."
-           if he["available"] else f"Measured host energy unavailable: {he['reason']}.")
-    out.append(("Host energy, measured", cap, hdr, rows))
-    return out
+    for it in report["items"]:
+        est = next((e for e in (it["energy"].get("estimated") or []) if e["profile"] == name), None)
+        if est is None:
+            rows.append([it["label"], it.get("precision") or "?"] + ["-"] * 10
+                        + [_short(it["energy"].get("estimated_reason") or "-")])
+            continue
+        rows.append([it["label"], it.get("precision") or "?", fmt_si(est["macs"], "MAC"),
+                     fmt_bytes(est["weight_bytes"]), fmt_si(est["energy_per_inference_j"], "J"),
+                     fmt_si(est.get("latency_s"), "s"), est.get("bound") or "-",
+                     fmt(est.get("sustainable_rate_per_s"), ".4g"), fmt_si(est.get("power_at_target_rate_w"), "W"),
+                     yn(est["fits_memory"]), yn(est["meets_power"]), yn(est["passes"]),
+                     _short(est.get("reason") or "")])
+    return (f"Energy, estimated ({name})",
+            f"estimated ({name}): {p.get('description', '')}. Budget {fmt(p['sustained_power_w'], 'g')} W, "
+            f"{fmt_bytes(p['memory_capacity_bytes'])} memory, one sample per inference; energy per op from "
+            f"Horowitz, ISSCC 2014. Not measured.", hdr, rows)
+
+
+def _host_energy_table(report: dict) -> Table:
+    he = report["host_energy"]
+    rows = [[it["label"], str(r["threads"]), fmt_si(r["host_energy"]["joules_per_inference"], "J")]
+            for it in report["items"] for r in it["runs"] if r.get("host_energy")]
+    cap = (f"{report['measured_on']}; RAPL package counters around each timed chunk (includes every process on the "
+           f"package)." if he["available"] else f"Measured host energy unavailable: {he['reason']}.")
+    return ("Host energy, measured", cap, ["item", "threads", "host energy / inference"], rows)
 
 
 def _short(s: Any, n: int = 90) -> str:
