@@ -187,15 +187,38 @@ def test_int8_of_a_hugging_face_bert_quantizes_and_runs(tmp_path):
                  task="embedding", raise_on_failure=False)
     assert art.status == "verified", art.error
     assert art.verification["criteria"]["cosine"] > 0.99
-    # the pass itself: a float 0-dim constant added to an int64 tensor takes the tensor's dtype, a float one stays
+
+
+@pytest.mark.parametrize("op,const_first,expected", [
+    ("add", False, [2, 3, 4]), ("add", True, [2, 3, 4]), ("sub", True, [2, 1, 0]), ("mul", True, [0, 2, 4])])
+def test_integral_constants_keeps_integer_arithmetic_integer(op, const_first, expected):
+    """The pass on its own: a float 0-dim constant with an integral value meeting an int64 tensor, on either side,
+    takes the tensor's dtype; the same constant added to a float tensor still gives float."""
+    from ondevice.targets.executorch.target import integral_constants
+
     g = torch.fx.Graph()
     x = g.placeholder("x")
     x.meta["val"] = torch.zeros(3, dtype=torch.int64)
     y = g.placeholder("y")
     y.meta["val"] = torch.zeros(3)
     c = g.get_attr("c")
-    g.output((g.call_function(torch.ops.aten.add.Tensor, (x, c)), g.call_function(torch.ops.aten.add.Tensor, (y, c))))
+    fn = getattr(torch.ops.aten, op).Tensor
+    g.output((g.call_function(fn, (c, x) if const_first else (x, c)),
+              g.call_function(torch.ops.aten.add.Tensor, (y, c))))
     gm = torch.fx.GraphModule({"c": torch.tensor(2.0)}, g)
     assert integral_constants(gm).c.dtype == torch.int64
     out = gm(torch.arange(3), torch.zeros(3))
-    assert out[0].dtype == torch.int64 and out[0].tolist() == [2, 3, 4]
+    assert out[0].dtype == torch.int64 and out[0].tolist() == expected
+    assert out[1].dtype == torch.float32 and out[1].tolist() == [2.0, 2.0, 2.0]
+
+
+def test_integral_constants_leaves_fractional_and_in_place_targets_alone():
+    from ondevice.targets.executorch.target import integral_constants
+
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    x.meta["val"] = torch.zeros(3, dtype=torch.int64)
+    h, c = g.get_attr("h"), g.get_attr("c")
+    g.output((g.call_function(torch.ops.aten.add.Tensor, (x, h)), g.call_function(torch.ops.aten.add_.Tensor, (c, x))))
+    gm = integral_constants(torch.fx.GraphModule({"h": torch.tensor(0.5), "c": torch.tensor(2.0)}, g))
+    assert gm.h.dtype == torch.float32 and gm.c.dtype == torch.float32

@@ -129,21 +129,24 @@ def integral_constants(gm):
     kv_offset`) into a 0-dim float32 constant; against an int64 arange that promotes the index to float and
     aten.index refuses it ("tensors used as indices must be long ...": every int8 ExecuTorch export of
     all-MiniLM-L6-v2 failed). A 0-dim float constant with an integral value that meets an integer tensor in
-    add/sub/mul becomes a constant of that tensor's dtype, as the Python number was. Returns `gm`, recompiled."""
+    add/sub/mul (on either side) becomes a constant of that tensor's dtype, as the Python number was. Returns `gm`,
+    recompiled."""
     import torch
 
-    ops = {torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mul.Tensor,
-           torch.ops.aten.add_.Tensor, torch.ops.aten.sub_.Tensor}
+    inplace = {torch.ops.aten.add_.Tensor, torch.ops.aten.sub_.Tensor}
+    ops = {torch.ops.aten.add.Tensor, torch.ops.aten.sub.Tensor, torch.ops.aten.mul.Tensor, *inplace}
     for n in gm.graph.nodes:
         if n.op != "call_function" or n.target not in ops or len(n.args) < 2:
             continue
-        a, b = n.args[0], n.args[1]
-        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and b.op == "get_attr"):
-            continue
-        t, va = getattr(gm, b.target, None), a.meta.get("val")
-        if (isinstance(t, torch.Tensor) and t.ndim == 0 and t.is_floating_point() and isinstance(va, torch.Tensor)
-                and not va.is_floating_point() and va.dtype != torch.bool and float(t) == int(t)):
-            setattr(gm, b.target, t.to(va.dtype))
+        # (tensor, constant) in either order; an in-place op's first operand is what it writes, never a constant
+        pairs = [(n.args[0], n.args[1])] + ([] if n.target in inplace else [(n.args[1], n.args[0])])
+        for a, b in pairs:
+            if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node) and b.op == "get_attr"):
+                continue
+            t, va = getattr(gm, b.target, None), a.meta.get("val")
+            if (isinstance(t, torch.Tensor) and t.ndim == 0 and t.is_floating_point() and isinstance(va, torch.Tensor)
+                    and not va.is_floating_point() and va.dtype != torch.bool and float(t) == int(t)):
+                setattr(gm, b.target, t.to(va.dtype))
     gm.recompile()
     return gm
 
