@@ -2,12 +2,16 @@
 head is the teacher on WordNet glosses (45 classes); students keep 3 (DistilBERT's "one layer out of two") or 2 of its
 layers. Trained by `ondevice.distill`, exported to the four targets by `ondevice.export`, timed by `ondevice.bench`.
 
-    .venv/bin/python benchmarks/minilm_wordnet.py --mode quick    # <= 30 min on 2 cores: a subsample, one seed
-    .venv/bin/python benchmarks/minilm_wordnet.py --mode full     # the committed result: 3 seeds (hours; resumable)
+    .venv/bin/python benchmarks/minilm_wordnet.py --mode quick    # a subsample, one seed (--seeds 0,1,2 for three)
+    .venv/bin/python benchmarks/minilm_wordnet.py --mode full     # 3 seeds on 30,000 glosses (many hours on 2 cores)
+
+Quick mode does not fit the issue's 30 minutes on 2 cores: measured on one thread here, the all-layer teacher takes
+about 13 min (3 epochs on 6,000 glosses), each 3-layer student about 5 min per seed, the export and bench of two
+models about half an hour. Every step resumes from its run folder.
 
 Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from it):
-1. teacher choice: a linear probe (frozen encoder, memoized vectors) against a partial fine-tune (top 2 layers), by
-   measured validation accuracy per minute of training on this machine; the better one is the teacher.
+1. teacher choice: a linear probe (frozen encoder, memoized vectors), a partial fine-tune (top 2 layers) and an
+   all-layer fine-tune, by validation accuracy after the same 2 epochs (CHOICE_RULE says why not per minute).
 2. the 3-layer student initialised from the teacher (every other layer), distilled (KD at T = 4 + CE) and trained on
    hard labels alone from the same init, per seed (paired), both evaluated on the test split;
 3. the 2-layer student (teacher layers 0 and 5), distilled;
@@ -116,12 +120,13 @@ def teacher_choice(m: dict, base: Path, threads: int) -> dict:
 
 def outcome(folder: Path) -> dict | None:
     """Teacher / distilled / hard-label test accuracy and training-set fit of a students run (and its teacher's
-    trainable layers)."""
+    trainable layers and the students' epochs)."""
     if not (folder / "results.json").exists():
         return None
     r, recipe = read_json(folder / "results.json"), read_json(folder / "recipe.resolved.json")
     return {**{k: {f: r[k].get(f) for f in ("test_acc", "train_acc")} for k in ("teacher", "student", "baseline")},
-            "trainable_layers": recipe["teacher"]["kwargs"].get("trainable_layers"), "folder": str(folder)}
+            "trainable_layers": recipe["teacher"]["kwargs"].get("trainable_layers"),
+            "student_epochs": recipe["train"]["epochs"], "folder": str(folder)}
 
 
 def main(argv=None) -> int:
@@ -130,8 +135,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", default="choice,students,two_layer,ablation,embed,export",
                     help="comma-separated subset of the steps to run (the others are read from earlier runs)")
+    ap.add_argument("--seeds", default=None,
+                    help="comma-separated student seeds, overriding the mode's (quick: 0; full: 0,1,2)")
     a = ap.parse_args(argv)
-    m = MODES[a.mode]
+    m = MODES[a.mode] if a.seeds is None else {**MODES[a.mode], "seeds": [int(x) for x in a.seeds.split(",")]}
     base = ROOT / "runs" / f"minilm-{a.mode}"
     steps = set(a.steps.split(","))
     state_path = base / "state.json"
