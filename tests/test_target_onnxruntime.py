@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,16 @@ def test_option_values_are_checked(mlp, tmp_path):
         export_case(mlp, TARGET, "int8_static", tmp_path, activations="fp8")
     with pytest.raises(ValueError, match=r"has no option\(s\) \['nhwc'\]; its options: opset"):
         export_case(mlp, TARGET, "fp32", tmp_path, nhwc=True)
+
+
+@pytest.mark.parametrize("precision", ["int8_dynamic", "int8_static"])
+def test_int8_export_to_a_relative_path(mlp, tmp_path, monkeypatch, precision):
+    """The quantization tools run in a scratch directory; an output path relative to the user's directory (the main
+    example's runs/mnist/artifacts/...) was resolved inside the scratch directory and every int8 export of the README's
+    main command failed with FileNotFoundError."""
+    monkeypatch.chdir(tmp_path)
+    art = export(mlp.model, TARGET, precision, out=f"runs/x/{precision}", calibration=mlp.calibration,
+                 verify_data=(mlp.x_verify, mlp.y_verify))
+    assert art.status == "verified", art.error
+    written = Path(art.path).resolve()
+    assert written.exists() and written.parent == (tmp_path / "runs" / "x").resolve()

@@ -202,7 +202,7 @@ class OnnxRuntimeTarget(Target):
                calibration: dict | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                activations: str = "int8", calibrate_method: str = "minmax", reduce_range: Any = "auto", spec=None,
                **_: Any) -> Path:
-        out = Path(out)
+        out = Path(out).resolve()  # the quantization tools run in a scratch directory (in_scratch)
         name = type(prepared).__name__
         if activations not in ("int8", "uint8"):
             raise ConfigError(f"option activations={activations!r}: valid values are 'int8' and 'uint8'")
@@ -265,10 +265,11 @@ class OnnxRuntimeTarget(Target):
     def _int8_dynamic(self, src: Path, work: Path, out: Path, reduce_range: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        pre = work / "pre.onnx"
+        # paths resolved before in_scratch changes the directory (a relative `out`, runs/mnist/..., is the user's)
+        pre, out = (work / "pre.onnx").resolve(), Path(out).resolve()
         self._pre_process(src, pre)
         with quiet(), in_scratch(work):
-            quantize_dynamic(str(pre.resolve()), str(Path(out).resolve()), per_channel=True, weight_type=QuantType.QInt8,
+            quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
                              reduce_range=reduce_range)
 
     def _int8_static(self, src: Path, work: Path, out: Path, calibration: dict | None, activations: str,
@@ -277,7 +278,7 @@ class OnnxRuntimeTarget(Target):
 
         if not calibration or len(next(iter(calibration.values()))) == 0:
             raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training samples)")
-        pre = work / "pre.onnx"
+        pre, out = (work / "pre.onnx").resolve(), Path(out).resolve()  # before in_scratch changes the directory
         self._pre_process(src, pre)
         import onnx
 
@@ -291,7 +292,7 @@ class OnnxRuntimeTarget(Target):
         uint8 = activations == "uint8"
         with quiet(), in_scratch(work):
             quantize_static(
-                str(pre.resolve()), str(Path(out).resolve()), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
+                str(pre), str(out), _Reader(calibration, batch), quant_format=QuantFormat.QDQ,
                 per_channel=True, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
