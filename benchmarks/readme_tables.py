@@ -186,10 +186,7 @@ def single_seed_section(results: Path) -> str:
 SINGLE_SEED_WHY = ("Three seeds of the Hinton paper regime (150 teacher epochs with jitter and dropout on all 60,000 "
                    "images, then 60 epochs of the 800-800 student, distilled and hard-label, per seed) take several hours "
                    "on these 2 shared cores and no GPU was available to this work; `python benchmarks/hinton_mnist.py "
-                   "--mode full` runs it, resumable. The Fashion-MNIST example over seeds 0-2 (`ondevice distill "
-                   "examples/fashion_mnist.toml --seeds 0,1,2`) is under way in resumable chunks (its teacher is trained; "
-                   "the six 20-epoch student runs, distilled and hard-label per seed, run on one thread beside the other "
-                   "work and continue from their checkpoints); the file above is still the one-seed run.")
+                   "--mode full` runs it, resumable.")
 
 
 def study_section(results: Path) -> str:
