@@ -202,7 +202,8 @@ class OnnxRuntimeTarget(Target):
                calibration: dict | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
                activations: str = "int8", calibrate_method: str = "minmax", reduce_range: Any = "auto", spec=None,
                **_: Any) -> Path:
-        out = Path(out).resolve()  # the quantization tools run in a scratch directory (in_scratch)
+        given = Path(out)
+        out = given.resolve()  # the quantization tools run in a scratch directory (in_scratch)
         name = type(prepared).__name__
         if activations not in ("int8", "uint8"):
             raise ConfigError(f"option activations={activations!r}: valid values are 'int8' and 'uint8'")
@@ -234,7 +235,7 @@ class OnnxRuntimeTarget(Target):
                 raise _conversion_error(e, precision.name, precision.name, name) from e
         write_metadata(out, spec, {"ondevice.reduce_range": f"{str(rr).lower()}: {rr_why}"}
                        if precision.name.startswith("int8") else {})
-        return out
+        return given  # the path as the caller named it
 
     @staticmethod
     def _fp16(src: Path, out: Path) -> None:
