@@ -266,8 +266,7 @@ class OnnxRuntimeTarget(Target):
     def _int8_dynamic(self, src: Path, work: Path, out: Path, reduce_range: bool) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        # paths resolved before in_scratch changes the directory (a relative `out`, runs/mnist/..., is the user's)
-        pre, out = (work / "pre.onnx").resolve(), Path(out).resolve()
+        pre = work / "pre.onnx"  # work (a temp dir) and out (resolved by export) are absolute: in_scratch is safe
         self._pre_process(src, pre)
         with quiet(), in_scratch(work):
             quantize_dynamic(str(pre), str(out), per_channel=True, weight_type=QuantType.QInt8,
@@ -279,7 +278,7 @@ class OnnxRuntimeTarget(Target):
 
         if not calibration or len(next(iter(calibration.values()))) == 0:
             raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training samples)")
-        pre, out = (work / "pre.onnx").resolve(), Path(out).resolve()  # before in_scratch changes the directory
+        pre = work / "pre.onnx"  # absolute, as `out` is (export resolves it before in_scratch changes directory)
         self._pre_process(src, pre)
         import onnx
 
