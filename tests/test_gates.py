@@ -147,17 +147,23 @@ def test_run_gates_with_baseline_file(tmp_path):
         run_gates(rep, gates=GatesSpec(), baseline_path=tmp_path / "nope.json")
 
 
-def test_committed_mnist_pipeline_report_passes_its_gates_and_its_own_baseline(tmp_path):
+def test_committed_mnist_pipeline_report_passes_its_gates_and_its_own_baseline(tmp_path, monkeypatch):
     """benchmarks/results/mnist_pipeline.json is what `ondevice run examples/mnist.toml` wrote; CI gates future runs
-    against it (examples/ci/github-actions.yml)."""
+    against it (examples/ci/github-actions.yml). Its artifacts are not committed: gated from a folder without them
+    (as on a clean clone), every number passes and only the re-hash of each artifact fails, naming the missing file."""
     from pathlib import Path
 
     committed = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "mnist_pipeline.json"
     rep = json.loads(committed.read_text())
     assert len(rep["artifacts"]) == 18 and all(a["status"] == "verified" for a in rep["artifacts"])
+    monkeypatch.chdir(tmp_path)  # the rows' paths are relative to where the run was made: none of them exists here
     res, md = run_gates(committed, baseline_path=committed, junit=tmp_path / "j.xml", summary=tmp_path / "s.md")
-    assert all(r.passed for r in res), md
+    failed = [r for r in res if not r.passed]
+    assert {r.gate for r in failed} == {"artifact_hash"} and len(failed) == 18, md
+    assert all(r.value == "missing" and f"the artifact {a['path']} is gone" in r.message
+               for r, a in zip(failed, rep["artifacts"])), md
     assert any(r.gate.startswith("regression_") for r in res)
+    assert sum(r.passed for r in res) == len(res) - 18
 
 
 def test_gate_outputs_match_goldens(golden):
