@@ -197,7 +197,8 @@ ABLATION = {
 
 
 def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
-    """What each loss adds, seed 0, on a training subsample (feature losses need the teacher live on every batch)."""
+    """What each loss adds, seed 0, on a training subsample (feature losses make the teacher's cache hold its hidden
+    states or attention for every training gloss as well as its logits)."""
     rows = {}
     for i, (name, losses) in enumerate(ABLATION.items()):
         res = run_distill("minilm_wordnet.toml", base / f"ablation-{i}",

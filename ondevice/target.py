@@ -528,8 +528,13 @@ class Target(ABC):
         feeds = check_feeds(sig, inputs, where=f"{self.name} artifact")
         if feeds and len(next(iter(feeds.values()))) == 0:
             return self._empty_outputs(sig)
-        out = run_batched(lambda f: decode_outputs(sig, self.call(runner, f)), feeds, sig.static_batch)
+        out = run_batched(lambda f: decode_outputs(sig, self.call(runner, f)), feeds, self.chunk(runner, sig))
         return out
+
+    def chunk(self, runner: Any, sig: Signature) -> int | None:
+        """How many samples one `call` of `run` takes: the artifact's static batch (None: any number). A runner that
+        takes more samples than the file declares (Core ML's reference evaluator) says so in its target."""
+        return sig.static_batch
 
     def prepare(self, runner: Any, inputs: dict) -> dict:
         """Checked, converted feeds of one batch of the artifact's batch size (padded as `run` pads), for `bind`."""

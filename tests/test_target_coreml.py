@@ -561,3 +561,43 @@ def test_unconvertible_op_raises_conversion_error(digits, tmp_path):
     with pytest.raises(ConversionError, match=r"could not convert torch op '_linalg_det' \(from module 'model' "
                                               r"\(Det\).*precision 'fp32'.*another target"):
         export(Det(), "coreml", "fp32", out=tmp_path / "det.mlpackage", verify_data=(digits[0][:4], None))
+
+
+class _MixesSamples(nn.Module):
+    """A running sum over the batch: exported with a batch of 1 it is the identity, and every shape stays as declared
+    when the leading 1 is read as N, so only the values show that samples were mixed (the evaluator must notice and
+    stay one sample at a time)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):  # x (N, 1, 8, 8) -> (N, 10)
+        return self.net(x).cumsum(0)  # (N, 10); with N = 1: the net's outputs
+
+
+def test_batch_1_programs_run_many_samples_per_call_when_that_matches_one_at_a_time(trained_cnn, digits, target,
+                                                                                    tmp_path):
+    """A batch-1 package is evaluated 64 samples per call once the first call showed batched and one-at-a-time
+    outputs agree; a program whose ops mix samples is caught by that check and keeps one sample per call."""
+    from targets.coreml.target import REFERENCE_CHUNK
+
+    x = _held_out(digits)[0][:150]  # (150, 1, 8, 8): 3 chunks, the last one padded
+    one_sample = (torch.from_numpy(x[:1]),)  # a package with a static batch of 1, as every Core ML export by default
+    ok = export(trained_cnn, "coreml", "fp16", out=tmp_path / "cnn.mlpackage", example_inputs=one_sample)
+    runner = target.load(ok.path)
+    assert target.chunk(runner, target.signature(runner)) == REFERENCE_CHUNK
+    assert runner.evaluator.batching == "unchecked"
+    out = run_target(target, runner, x)
+    assert runner.evaluator.batching == "batched", runner.evaluator.batching_why
+    one = np.concatenate([run_target(target, runner, x[i:i + 1]) for i in range(len(x))])
+    np.testing.assert_array_equal(out, one)  # fp16 program: batched evaluation rounds exactly as one at a time
+
+    mixed = _MixesSamples(trained_cnn).eval()
+    bad = export(mixed, "coreml", "fp32", out=tmp_path / "mix.mlpackage", example_inputs=one_sample)
+    runner = target.load(bad.path)
+    out = run_target(target, runner, x)
+    assert runner.evaluator.batching == "one at a time"
+    assert re.search(r"output '.+' differs by [0-9.e+-]+ \(largest magnitude", runner.evaluator.batching_why)
+    ref = np.concatenate([torch_outputs(mixed, x[i:i + 1]) for i in range(len(x))])  # what the program computes
+    np.testing.assert_allclose(out, ref, **TIGHT)

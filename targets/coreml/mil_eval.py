@@ -21,6 +21,13 @@ for them (fp32 or fp16). An fp16 program therefore carries real fp16 storage err
 not model a device's lower-precision accumulation inside an op, so the fp16 error measured here is a lower bound
 of what a Neural Engine may show. Every output is checked against the static shape the program declares.
 
+Batches: Core ML exports declare a static batch of 1. Given N samples at once (inputs of the declared shape with N
+in place of the leading 1), the evaluator first runs them one at a time *and* as one batch, with every declared
+leading 1 read as N; when the two agree (`BATCH_RTOL`), later calls run as one batch (the per-op NumPy work
+vectorises: tens of times faster on 10,000 test images), otherwise, or when a batched op fails or changes a shape
+(a reshape that folds the batch into another axis, a slice that keeps row 0), it stays one sample at a time and
+`batching_why` says which op. The outputs of the first call are always the one-at-a-time ones.
+
 This is a *reference* evaluator for checking numerics, not a runtime: it says nothing about on-device latency.
 """
 from __future__ import annotations
@@ -771,6 +778,36 @@ def _quantize(a: Args):
 # ------------------------------------------------------------------------------------------------------------------
 # the evaluator
 # ------------------------------------------------------------------------------------------------------------------
+# Batched vs one-at-a-time outputs of the checking call: float64 arithmetic in another order (a matrix product over
+# N rows instead of one) may move a result by one unit in the last place of the declared dtype, and an fp16 program
+# carries that rounding on through later ops; reading one sample's data into another's row moves it by O(1).
+BATCH_RTOL = 1e-3
+
+
+def _batched(shape: tuple | None, n: int) -> tuple | None:
+    """A declared static shape with its leading 1 read as `n` samples (any other shape as declared)."""
+    return (n, *shape[1:]) if shape and shape[0] == 1 and n != 1 else shape
+
+
+def _agree(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str | None:
+    """None when the batched outputs match the one-at-a-time ones within BATCH_RTOL (of each output's largest
+    magnitude; integer outputs exactly), else what differs."""
+    for name, r in ref.items():
+        g = np.asarray(got.get(name))
+        if g.shape != r.shape:
+            return f"output {name!r} has shape {g.shape} batched, {r.shape} one at a time"
+        if r.dtype.kind in "iub":
+            if not np.array_equal(g, r):
+                return f"output {name!r} differs (integer outputs)"
+            continue
+        r64, g64 = r.astype(np.float64), g.astype(np.float64)
+        scale = float(np.max(np.abs(r64))) if r64.size else 0.0
+        diff = float(np.max(np.abs(g64 - r64))) if r64.size else 0.0
+        if not diff <= BATCH_RTOL * max(scale, 1e-12):
+            return f"output {name!r} differs by {diff:.3g} (largest magnitude {scale:.3g})"
+    return None
+
+
 def _has_value_inference(op) -> bool:
     from coremltools.converters.mil.mil.operation import Operation
 
@@ -830,6 +867,8 @@ class MILEvaluator:
         self.inputs: list[tuple[str, tuple, np.dtype]] = [
             (name, tuple(var.shape), _np_dtype(var)) for name, var in fn.inputs.items()]
         self.outputs: list[str] = [v.name for v in fn.outputs]
+        # "unchecked" until a call with several samples; then "batched" or "one at a time" (see the module docstring)
+        self.batching, self.batching_why = "unchecked", ""
         self._consts: dict[str, Any] = {}
         self._plan: list[_Step] = []
         self.op_counts: dict[str, int] = {}
@@ -889,9 +928,11 @@ class MILEvaluator:
             self._unbind(saved)
 
     # -- running -----------------------------------------------------------------------------------------------
-    def _conform(self, op, meta: tuple, value) -> Any:
-        """Round `value` to the dtype its var declares and check it has the declared static shape."""
+    def _conform(self, op, meta: tuple, value, n: int = 1) -> Any:
+        """Round `value` to the dtype its var declares and check it has the declared static shape (its leading 1 read
+        as `n` samples)."""
         name, dt, shape = meta
+        shape = _batched(shape, n)
         if dt is None:  # not a tensor/scalar (lists, strings): pass through
             return value
         arr = np.asarray(value)
@@ -906,18 +947,50 @@ class MILEvaluator:
         return arr
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """feeds: {input name: array of the declared static shape}. Returns {output name: array}."""
-        env = dict(self._consts)
-        for name, shape, dt in self.inputs:
+        """feeds: {input name: array of the declared static shape, or of it with N samples in place of a leading 1}.
+        Returns {output name: array}, N samples each."""
+        n = self._samples(feeds)
+        if n == 1 or self.batching == "batched":
+            return self._run(feeds, n)
+        one_at_a_time = self._one_at_a_time(feeds, n)
+        if self.batching == "unchecked":
+            try:
+                self.batching_why = _agree(self._run(feeds, n), one_at_a_time) or ""
+            except UnsupportedOpError as e:
+                self.batching_why = str(e)
+            self.batching = "one at a time" if self.batching_why else "batched"
+        return one_at_a_time
+
+    def _samples(self, feeds: dict[str, np.ndarray]) -> int:
+        """How many samples `feeds` holds (1 for the declared shapes); wrong names and shapes raise."""
+        counts = set()
+        for name, shape, _ in self.inputs:
             if name not in feeds:
                 raise KeyError(f"missing input {name!r}; the program's inputs: {[i[0] for i in self.inputs]}")
-            x = np.asarray(feeds[name])
-            if tuple(x.shape) != shape:
-                raise ValueError(f"input {name!r} has shape {x.shape}; the program declares {shape}")
-            env[name] = x.astype(dt)
+            got = tuple(np.shape(feeds[name]))
+            if got == shape:
+                counts.add(1)
+            elif shape and shape[0] == 1 and len(got) == len(shape) and got[1:] == shape[1:] and got[0] > 0:
+                counts.add(got[0])
+            else:
+                raise ValueError(f"input {name!r} has shape {got}; the program declares {shape}")
+        if len(counts) > 1:
+            raise ValueError(f"the inputs hold different numbers of samples ({sorted(counts)}); give each input "
+                             f"the same number")
+        return counts.pop() if counts else 1
+
+    def _one_at_a_time(self, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        parts = [self._run({k: np.asarray(v)[i:i + 1] for k, v in feeds.items()}, 1) for i in range(n)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in self.outputs}
+
+    def _run(self, feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+        """Every op of the plan over `n` samples (n > 1: declared leading 1s read as n)."""
+        env = dict(self._consts)
+        for name, _, dt in self.inputs:
+            env[name] = np.asarray(feeds[name]).astype(dt)
         for step in self._plan:
             op = step.op
-            a = Args(op, env, step.inputs, step.out_shape)
+            a = Args(op, env, step.inputs, _batched(step.out_shape, n))
             try:
                 res = step.fn(a) if step.how == "numpy" else step.fn(a, step.unbound)
             except UnsupportedOpError:
@@ -932,7 +1005,7 @@ class MILEvaluator:
                 raise _unsupported(op, self.where, f"returned {len(outs)} outputs; the program declares "
                                    f"{len(step.outs)}")
             for meta, val in zip(step.outs, outs):
-                env[meta[0]] = self._conform(op, meta, val)
+                env[meta[0]] = self._conform(op, meta, val, n)
         return {name: env[name] for name in self.outputs}
 
     def supported(self) -> dict[str, str]:

@@ -420,6 +420,9 @@ class _Runner:
         return {t.name: native[self.native[t.name]] for t in self.signature.outputs}
 
 
+REFERENCE_CHUNK = 64  # samples per call of the reference evaluator on a batch-1 program
+
+
 class ReferenceRunner(_Runner):
     """NumPy reference evaluator (no Core ML runtime on this OS)."""
 
@@ -552,6 +555,13 @@ class CoreMLTarget(Target):
                 return CoreMLRunner(path, ct.models.MLModel(str(path)), spec)
         with self._limit_threads():
             return ReferenceRunner(path, mlspec, MILEvaluator(prog, source=str(path)), spec)
+
+    def chunk(self, runner: Any, sig) -> int | None:
+        """The reference evaluator takes REFERENCE_CHUNK samples per call of a batch-1 program (it checks once that
+        this matches one-at-a-time evaluation: mil_eval's module docstring); the Core ML runtime gets the file's."""
+        if isinstance(runner, ReferenceRunner) and sig.static_batch == 1:
+            return REFERENCE_CHUNK
+        return sig.static_batch
 
     def call(self, runner: Any, feeds: dict) -> dict:
         with self._limit_threads():
