@@ -191,3 +191,35 @@ def test_worker_groups():
     assert _groups(items, 2, 16) == [[0, 1, 2, 3, 4]]
     assert _groups(items, 2, 4) == [[0, 1], [2, 3], [4]]  # every thread count of an item stays in one group
     assert _groups(items, 3, 2) == [[0], [1], [2], [3], [4]]  # at least one item per group
+
+
+def test_a_query_larger_than_the_artifacts_static_batch_times_one_runtime_call_per_chunk(setup, tmp_path,
+                                                                                        monkeypatch):
+    """A batch-5 query on a batch-1 .pte times 5 real runtime calls (never one call labelled batch 5); the ONNX
+    Runtime artifact, exported with a dynamic batch, takes the 5 samples in one call."""
+    import torch
+
+    from ondevice.bench.engines import ArtifactEngine
+    from ondevice.export import export
+    from ondevice.models import build_model
+
+    s = setup
+    x = s["x"][1400:1405]  # (5, 1, 8, 8) real digits
+    model = build_model(f"{s['models']}:cnn", weights=str(s["weights"])).eval()
+    pte = export(model, "executorch", "fp32", out=tmp_path / "cnn.pte", example_inputs=(torch.from_numpy(x[:1]),))
+    for target, path, calls in (("executorch", pte.path, [1] * 5), ("onnxruntime", s["arts"] / "cnn_fp32.onnx", [5])):
+        eng = ArtifactEngine(target, str(path))
+        eng.prepare()
+        eng.set_threads(1)
+        runner = eng.load()
+        seen = []  # the batch of every runtime call the query makes
+        real = eng.target.bind
+
+        def bind(r, feeds, carry=None, real=real):
+            step = real(r, feeds, carry)
+            return lambda: seen.append(len(next(iter(feeds.values())))) or step()
+
+        monkeypatch.setattr(eng.target, "bind", bind)
+        query = eng.bind(runner, {"x": x})
+        query()
+        assert (query.runtime_calls, seen) == (len(calls), calls), target

@@ -6,8 +6,10 @@ Both expose the same small interface so the harness treats every item alike:
     set_threads(n)             before load (ExecuTorch cannot change its thread pool after loading)
     load() -> runner
     run(runner, feeds)         {input name: (N, ...)} -> {output name: (N, ...)}; any N
-    bind(runner, feeds, carry) a zero-argument callable making exactly the runtime call on one prepared batch:
-                               what the timing loop times (state inputs fed from `carry` outputs between calls)
+    bind(runner, feeds, carry) a zero-argument callable making exactly the runtime calls on one prepared batch:
+                               what the timing loop times (state inputs fed from `carry` outputs between calls);
+                               its `runtime_calls` says how many calls one query makes (an artifact with a static
+                               batch smaller than the query's is called once per chunk of its batch)
     info() -> dict             size_bytes, size_kind, inspect, runtime_memory
     latency_measurable, latency_reason
 """
@@ -180,9 +182,23 @@ class ArtifactEngine:
             raise self._damaged("run", e) from e
 
     def bind(self, runner, feeds: dict, carry: dict | None = None):
-        """The callable the timing loop times: the runtime call itself on prepared feeds (Target.bind)."""
-        prepared = self.target.prepare(runner, self._named(runner, feeds))
-        return self.target.bind(runner, prepared, carry)
+        """The callable the timing loop times: the runtime calls themselves on prepared feeds (Target.bind). A query
+        of more samples than the artifact's static batch makes one call per chunk of that batch (the last chunk
+        padded), so a batch-8 query on a batch-1 file times 8 calls, never one call labelled batch 8."""
+        named = self._named(runner, feeds)
+        b = self.target.signature(runner).static_batch
+        n = len(next(iter(named.values()))) if named else 0
+        if carry or b is None or n <= b:
+            step = self.target.bind(runner, self.target.prepare(runner, named), carry)
+            return _counted(step, 1)
+        steps = [self.target.bind(runner, self.target.prepare(runner, {k: v[i:i + b] for k, v in named.items()}))
+                 for i in range(0, n, b)]
+
+        def query():
+            for one in steps:
+                one()
+
+        return _counted(query, len(steps))
 
     def info(self) -> dict:
         out: dict[str, Any] = {"size_bytes": int(self.target.size(self.path)), "size_kind": "artifact on disk"}
@@ -193,6 +209,11 @@ class ArtifactEngine:
             except Exception as e:  # inspection is informative; a failure here must not fail the benchmark
                 out[key] = {"error": f"{type(e).__name__}: {e}"}
         return out
+
+
+def _counted(fn, calls: int):
+    fn.runtime_calls = calls
+    return fn
 
 
 def predict(engine, runner, xs: dict[str, np.ndarray] | np.ndarray, batch_size: int = 64) -> np.ndarray:

@@ -444,6 +444,17 @@ def _sidecar_summary(it: Item) -> dict | None:
     return out
 
 
+def _calls_per_query(its: list[_Variant], batch_size: int) -> dict:
+    """How many runtime calls one timed query of `batch_size` samples made (more than one: the artifact's static
+    batch is smaller, and the latency is that of all the calls)."""
+    calls = next((v.warmup.get("runtime_calls_per_query") for v in its if v.warmup), None)
+    if not calls:
+        return {"runtime_calls_per_query": None}
+    how = (f"each query of {batch_size} samples ran {calls} calls of the artifact's static batch"
+           if calls > 1 else "one runtime call per query")
+    return {"runtime_calls_per_query": calls, "query": how}
+
+
 def _item_record(i: int, it: Item, variants: list[_Variant], ctx: _Ctx) -> dict:
     its = [v for v in variants if v.idx == i]
     first = next((v for v in its if v.init), None)
@@ -461,7 +472,7 @@ def _item_record(i: int, it: Item, variants: list[_Variant], ctx: _Ctx) -> dict:
         "inspect": _trim(info.get("inspect")), "runtime_memory": info.get("runtime_memory"),
         "sidecar": _sidecar_summary(it), "verification": verification,
         "latency": {"label": ctx.mlabel, "measurable": measurable, "reason": reason,
-                    "batch_size": ctx.config.batch_size},
+                    "batch_size": ctx.config.batch_size, **_calls_per_query(its, ctx.config.batch_size)},
         "memory": {"label": ctx.mlabel, "method": first.init.get("memory_method") if first else None,
                    "measurable": measurable,
                    "reason": None if measurable else f"memory of the reference evaluator is not the runtime's "

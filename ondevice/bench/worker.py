@@ -125,7 +125,8 @@ class _State:
             lat.extend(self._time(1))
             n += 1
         tail = lat[len(lat) // 2:]  # the settled half estimates the steady-state latency
-        return {"n": n, "seconds": time.perf_counter() - t_start, "mean_ns": float(np.mean(tail))}
+        return {"n": n, "seconds": time.perf_counter() - t_start, "mean_ns": float(np.mean(tail)),
+                "runtime_calls_per_query": getattr(self.calls[0], "runtime_calls", 1)}
 
     def cmd_chunk(self, n: int) -> dict:
         from .energy import energy_delta_uj, read_host_energy_uj
