@@ -82,13 +82,38 @@ def _export_all(base: Path, recipe, m: dict) -> dict[str, list[dict]]:
     for label, folder, model in _models(base, m.get("export_models", [x[0] for x in MODELS])):
         res = read_json(folder / "results.json")
         weights = folder / ("teacher.pt" if label == "teacher" else "student.pt")
+        weights_sha = sha256_file(weights) if weights.exists() else None
+        n_verify = min(m.get("export_verify", ex.verify_samples), len(splits.test))
+        done = _recorded(base, label, weights_sha, jobs, n_verify)
+        if done is not None:
+            print(f"{label}: {len(done)} exports reused (their records match these weights and files)")
+            out[label] = done
+            continue
         acc = (res["teacher"] if label == "teacher" else res["student"]).get("test_acc")
         arts = export_many(model, jobs, out_dir=base / "artifacts", stem=label, thresholds=ex.thresholds,
-                           student_sha256=sha256_file(weights) if weights.exists() else None,
-                           recorded_accuracy=acc, input_spec=res.get("input_spec"), task=res.get("task"),
-                           **samples)
+                           student_sha256=weights_sha, recorded_accuracy=acc, input_spec=res.get("input_spec"),
+                           task=res.get("task"), **samples)
         out[label] = [a.to_dict() for a in arts]
     return out
+
+
+def _recorded(base: Path, label: str, weights_sha: str | None, jobs: list, n_verify: int) -> list[dict] | None:
+    """The records of a finished export of `label` (every target and precision: exported from these weights,
+    verified on as many samples, the file unchanged since), or None when any is missing or stale."""
+    from ondevice import sidecar
+    from ondevice.target import get_spec
+
+    recs = []
+    for target, precisions, _ in jobs:
+        for precision in precisions:
+            path = base / "artifacts" / target / f"{label}_{precision}{get_spec(target).suffix}"
+            rec = sidecar.read(path) if path.exists() else None
+            if (not rec or not weights_sha or rec.get("student_sha256") != weights_sha
+                    or (rec.get("verification") or {}).get("n", n_verify) != n_verify
+                    or sidecar.check(path, rec).hash != "match"):
+                return None
+            recs.append(rec)
+    return recs
 
 
 def _bench(base: Path, recipe, m: dict, exports: dict, batch_size: int, threads: int, accuracy: bool) -> dict:

@@ -183,6 +183,7 @@ def main(argv=None) -> int:
 
 
 ABLATION = {
+    "ce alone (hard labels, no teacher signal)": ['distill.losses=[{name = "ce", weight = 1.0}]'],
     "kd + ce": [],
     "+ hidden_cos (DistilBERT)": ['distill.losses=[{name = "kd", weight = 0.9, temperature = 4.0}, '
                                   '{name = "ce", weight = 0.1}, {name = "hidden_cos", weight = 0.1, '
@@ -196,12 +197,15 @@ ABLATION = {
 }
 
 
+ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
+
+
 def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
     """What each loss adds, seed 0, on a training subsample (feature losses make the teacher's cache hold its hidden
     states or attention for every training gloss as well as its logits)."""
     rows = {}
-    for i, (name, losses) in enumerate(ABLATION.items()):
-        res = run_distill("minilm_wordnet.toml", base / f"ablation-{i}",
+    for name, losses in ABLATION.items():
+        res = run_distill("minilm_wordnet.toml", base / f"ablation-{ABLATION_FOLDERS[name]}",
                           [*_data(m, m["ablation_train"]), *fixed, *losses, f"train.epochs={m['epochs']}",
                            "distill.baseline=false"], threads)
         rows[name] = {"test_acc": res["student"]["test_acc"], "teacher_test_acc": res["teacher"]["test_acc"],
@@ -233,6 +237,8 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "teacher_accuracy": t_acc, "distilled_accuracy": distilled, "hard_label_accuracy": hard,
         "retention": None if distilled is None or not t_acc else distilled / t_acc,
         "gain_errors_mean": s.get("gain_errors_mean"), "gain_ci95": s.get("gain_ci95"),
+        "test_n": n, "per_seed": per_seed, "distilled_errors_std": s.get("distilled_errors_std"),
+        "hard_label_errors_std": s.get("hard_label_errors_std"),
         "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
         "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
             "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
@@ -250,6 +256,15 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "distilbert_paper": DISTILBERT, "goals": GOALS,
         "measured_on": ex.get("measured_on") or machine_record(),  # the bench's machine record, else this one's
     }
+
+
+def ablation_se(r: dict) -> float | None:
+    """The binomial standard error (points) of one ablation run's test accuracy: sqrt(p (1 - p) / n) * 100."""
+    accs = [v["test_acc"] for v in (r.get("ablation") or {}).values()]
+    if not accs or not r.get("test_n"):
+        return None
+    p = sum(accs) / len(accs)
+    return 100 * (p * (1 - p) / r["test_n"]) ** 0.5
 
 
 def _mean(xs):
@@ -272,9 +287,17 @@ def markdown(r: dict) -> str:
              f"{_f(r['speedup_p50_batch1'], '.2f')} ({r['speedup_runtime'] or '-'}) |",
              f"| DistilBERT paper (GLUE) | BERT-base | 6 of 12 layers | | | {DISTILBERT['retention']} | "
              f"{DISTILBERT['speedup']} |", ""]
+    if r.get("per_seed"):
+        lines += ["| seed | distilled errors | hard-label errors | gain (errors) |", "|---|---|---|---|"]
+        lines += [f"| {p['seed']} | {p['student_errors']} | {p['baseline_errors']} | {p['gain']:+d} |"
+                  for p in r["per_seed"]]
+        lines += ["", f"Gain mean {_f(r['gain_errors_mean'], '+.1f')} errors of {r['test_n']}, paired bootstrap 95% CI "
+                      f"{r['gain_ci95']}.", ""]
     if r.get("ablation"):
-        lines += ["| loss (seed 0) | test accuracy |", "|---|---|"]
-        lines += [f"| {k} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
+        lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]
+        lines += [f"| {k} | {v['train_samples']} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
+        lines += ["", f"One run's standard error on {r['test_n']} test glosses: about "
+                      f"{_f(ablation_se(r), '.2f')} points.", ""]
     if r.get("latency"):
         lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | "
                       "teacher p50 ms b8 | student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]

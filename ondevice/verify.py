@@ -260,7 +260,8 @@ def accuracy_floor(recorded: float, n: int, thresholds: Thresholds) -> float:
 
 
 def check_recorded_accuracy(c: Comparison, recorded: float | None, thresholds: Thresholds) -> None:
-    """Judge the artifact by its task accuracy against the student's recorded test accuracy (results.json)."""
+    """Judge the artifact by its task accuracy against its source model's recorded test accuracy (results.json: the
+    student's, or the teacher's for a teacher export)."""
     if recorded is None or c.accuracy is None:
         return
     floor = accuracy_floor(recorded, c.n, thresholds)
@@ -268,7 +269,7 @@ def check_recorded_accuracy(c: Comparison, recorded: float | None, thresholds: T
     c.thresholds["accuracy_floor"] = floor
     if c.accuracy < floor:
         c.failures.append(f"accuracy {c.accuracy:.4f} on {c.n} labelled held-out samples is below {floor:.4f}, the "
-                          f"floor derived from the student's recorded test accuracy {recorded:.4f}")
+                          f"floor derived from the source model's recorded test accuracy {recorded:.4f}")
 
 
 # --- is the artifact stored at the precision asked for? ------------------------------------------------------------

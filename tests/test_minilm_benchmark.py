@@ -59,8 +59,8 @@ def test_int8_ratios_and_drops_against_the_same_models_fp32_file():
 def test_result_file_has_the_fields_the_issue_names():
     state = {"students": {"teacher": {"test_acc": 0.6, "params": 22_700_000},
                           "student": {"test_n": 1000, "params": 17_000_000},
-                          "per_seed": [{"student_errors": 420, "baseline_errors": 440},
-                                       {"student_errors": 400, "baseline_errors": 450}],
+                          "per_seed": [{"seed": 0, "student_errors": 420, "baseline_errors": 440, "gain": 20},
+                                       {"seed": 1, "student_errors": 400, "baseline_errors": 450, "gain": 50}],
                           "gain_errors_mean": 35.0, "gain_ci95": [10.0, 50.0]},
              "export": {"artifacts": [r for rs in ROWS.values() for r in rs], "speedup_p50_batch1": 2.5,
                         "speedup_runtime": "onnxruntime fp32"},
@@ -70,5 +70,30 @@ def test_result_file_has_the_fields_the_issue_names():
     assert r["distilled_accuracy"] == pytest.approx(0.59) and r["hard_label_accuracy"] == pytest.approx(0.555)
     assert r["retention"] == pytest.approx(0.59 / 0.6)
     assert r["int8_accuracy_drop_max"] == pytest.approx(2.0) and r["embed_agreement_at10"] == 0.91
-    assert "| ondevice (test accuracy) | 0.6000 | 0.5900 | 0.5550 | - | 0.983 | 2.50 (onnxruntime fp32) |" in \
-        minilm_wordnet.markdown(r)
+    md = minilm_wordnet.markdown(r)
+    assert "| ondevice (test accuracy) | 0.6000 | 0.5900 | 0.5550 | - | 0.983 | 2.50 (onnxruntime fp32) |" in md
+    assert "| 1 | 400 | 450 | +50 |" in md and "Gain mean +35.0 errors of 1000" in md
+
+
+def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):
+    """The export step resumes: every (target, precision) recorded from these weights, verified on as many samples,
+    with the file unchanged, is reused; anything else exports again."""
+    import numpy as np
+    import torch
+
+    from ondevice.export import export_many
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval()
+    x = np.random.default_rng(0).standard_normal((40, 8)).astype(np.float32)
+    jobs = [("onnxruntime", ["fp32", "fp16"], {})]
+    export_many(model, jobs, out_dir=tmp_path / "artifacts", stem="student_3", calibration=x[:16],
+                verify_data=(x[16:], None), student_sha256="a" * 64)
+    recs = minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 24)
+    assert [(r["precision"], r["status"]) for r in recs] == [("fp32", "verified"), ("fp16", "verified")]
+    assert minilm_export._recorded(tmp_path, "student_3", "b" * 64, jobs, 24) is None  # other weights
+    assert minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 128) is None  # other verification set
+    assert minilm_export._recorded(tmp_path, "teacher", "a" * 64, jobs, 24) is None  # never exported
+    with open(tmp_path / "artifacts" / "onnxruntime" / "student_3_fp16.onnx", "ab") as f:
+        f.write(b"\0")  # the file changed since it was verified
+    assert minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 24) is None

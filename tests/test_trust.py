@@ -387,7 +387,7 @@ def test_artifacts_are_judged_against_the_recorded_accuracy(cnn, tmp_path):
     art = export(cnn["model"], "onnxruntime", "fp32", out=tmp_path / "a.onnx", verify_data=(x[1400:], y[1400:]),
                  recorded_accuracy=0.99, raise_on_failure=False)  # what a corrupted student's results.json claims
     assert art.status == "failed"
-    assert "the floor derived from the student's recorded test accuracy 0.9900" in art.error
+    assert "the floor derived from the source model's recorded test accuracy 0.9900" in art.error
     assert art.verification["thresholds"]["accuracy_floor"] == pytest.approx(0.99 - 0.001 - 3 * (0.99 * 0.01 / 397) ** 0.5)
 
 
