@@ -24,7 +24,7 @@ of what a Neural Engine may show. Every output is checked against the static sha
 Batches: Core ML exports declare a static batch of 1. Given N samples at once (inputs of the declared shape with N
 in place of the leading 1), the evaluator first runs them one at a time *and* as one batch, with every declared
 leading 1 read as N; when the two agree (`BATCH_RTOL`), later calls run as one batch (the per-op NumPy work
-vectorises: tens of times faster on 10,000 test images), otherwise, or when a batched op fails or changes a shape
+vectorises: about 8 times faster on the MNIST student, measured), otherwise, or when a batched op fails or changes a shape
 (a reshape that folds the batch into another axis, a slice that keeps row 0), it stays one sample at a time and
 `batching_why` says which op. The outputs of the first call are always the one-at-a-time ones.
 
