@@ -251,20 +251,21 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
             "test_nn_agreement@1"), "embed_cosine": emb.get("test_cosine"),
         "teacher_choice": state.get("teacher_choice"), "teacher_choice_rule_now": CHOICE_RULE,
         "teacher_runs": state.get("teacher_runs"),
-        "ablation": state.get("ablation"),
+        "ablation": state.get("ablation"), "ablation_se_points": ablation_se(state.get("ablation"), n),
         "artifacts": ex.get("artifacts"), "latency": ex.get("latency"),
         "distilbert_paper": DISTILBERT, "goals": GOALS,
         "measured_on": ex.get("measured_on") or machine_record(),  # the bench's machine record, else this one's
     }
 
 
-def ablation_se(r: dict) -> float | None:
-    """The binomial standard error (points) of one ablation run's test accuracy: sqrt(p (1 - p) / n) * 100."""
-    accs = [v["test_acc"] for v in (r.get("ablation") or {}).values()]
-    if not accs or not r.get("test_n"):
+def ablation_se(ablation: dict | None, n: int | None) -> float | None:
+    """The binomial standard error (points) of one ablation run's test accuracy on n glosses, at the rows' mean
+    accuracy p: sqrt(p (1 - p) / n) * 100."""
+    accs = [v["test_acc"] for v in (ablation or {}).values()]
+    if not accs or not n:
         return None
     p = sum(accs) / len(accs)
-    return 100 * (p * (1 - p) / r["test_n"]) ** 0.5
+    return 100 * (p * (1 - p) / n) ** 0.5
 
 
 def _mean(xs):
@@ -297,7 +298,7 @@ def markdown(r: dict) -> str:
         lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]
         lines += [f"| {k} | {v['train_samples']} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
         lines += ["", f"One run's standard error on {r['test_n']} test glosses: about "
-                      f"{_f(ablation_se(r), '.2f')} points.", ""]
+                      f"{_f(r.get('ablation_se_points'), '.2f')} points.", ""]
     if r.get("latency"):
         lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | "
                       "teacher p50 ms b8 | student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]

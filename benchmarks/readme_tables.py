@@ -395,44 +395,39 @@ def minilm_seeds_section(results: Path) -> str:
     if not (results / "minilm_wordnet.json").exists():
         return ""
     r = load("minilm_wordnet.json", results)
-    out = []
-    seeds, n = r.get("per_seed") or [], r.get("test_n")
-    if seeds and n:
-        each = ", ".join(f"seed {p['seed']}: {p['student_errors']} vs {p['baseline_errors']} ({p['gain']:+d})"
-                         for p in seeds)
-        ci = r.get("gain_ci95")
-        out.append(f"Distilled vs hard-label 3-layer student, errors on {n:,} test glosses (`minilm_wordnet.json`, "
-                   f"`per_seed`, quick mode): {each}; mean gain {r['gain_errors_mean']:+.1f} errors"
-                   + (f", paired bootstrap 95% CI [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and len(seeds) > 1 else "")
-                   + ".")
-    return " ".join(out)
+    seeds, n, ci = r.get("per_seed") or [], r.get("test_n"), r.get("gain_ci95")
+    if not seeds or not n:
+        return ""
+    each = ", ".join(f"seed {p['seed']}: {p['student_errors']} vs {p['baseline_errors']} ({p['gain']:+d})"
+                     for p in seeds)
+    return (f"Distilled vs hard-label 3-layer student, errors on {n:,} test glosses (`minilm_wordnet.json`, "
+            f"`per_seed`, quick mode): {each}; mean gain {r['gain_errors_mean']:+.1f} errors"
+            + (f", paired bootstrap 95% CI [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci and len(seeds) > 1 else "") + ".")
 
 
 def minilm_ablation_section(results: Path) -> str:
-    """What each loss term adds (one run each, seed 0), with the noise one run carries on the test glosses."""
+    """What each loss term adds (one run each, seed 0), with the noise one run carries on the test glosses (the
+    file's `ablation_se_points`)."""
     if not (results / "minilm_wordnet.json").exists():
         return ""
     r = load("minilm_wordnet.json", results)
-    out, n = [], r.get("test_n")
-    ab = r.get("ablation") or {}
-    if ab and n:
-        accs = [v["test_acc"] for v in ab.values()]
-        p = sum(accs) / len(accs)
-        se = 100 * (p * (1 - p) / n) ** 0.5
-        rows = "; ".join(f"{k}: {_pct(v['test_acc'])}" for k, v in ab.items())
-        train = sorted({v["train_samples"] for v in ab.values()})
-        spread, noise = 100 * (max(accs) - min(accs)), 2 * 2 ** 0.5 * se  # two standard errors of a difference
-        verdict = ("no two rows differ by more than that" if spread <= noise else
-                   f"the rows differ by up to {spread:.1f} points, more than that")
-        out.append(f"Loss ablation (`ablation`, seed 0, {', '.join(f'{t:,}' for t in train)} training glosses, one "
-                   f"run each, the same teacher): {rows}. One run's standard error on {n:,} test glosses is about "
-                   f"{se:.1f} points, two standard errors of a difference {noise:.1f}: {verdict}.")
-    return " ".join(out)
+    ab, n, se = r.get("ablation") or {}, r.get("test_n"), r.get("ablation_se_points")
+    if not ab or not n or se is None:
+        return ""
+    accs = [v["test_acc"] for v in ab.values()]
+    rows = "; ".join(f"{k}: {_pct(v['test_acc'])}" for k, v in ab.items())
+    train = sorted({v["train_samples"] for v in ab.values()})
+    spread, noise = 100 * (max(accs) - min(accs)), 2 * 2 ** 0.5 * se  # two standard errors of a difference
+    verdict = ("no two rows differ by more than that" if spread <= noise else
+               f"the rows differ by up to {spread:.1f} points, more than that")
+    return (f"Loss ablation (`ablation`, seed 0, {', '.join(f'{t:,}' for t in train)} training glosses, one run each, "
+            f"the same teacher): {rows}. One run's standard error on {n:,} test glosses is about {se:.1f} points, two "
+            f"standard errors of a difference {noise:.1f}: {verdict}.")
 
 
 SECTIONS = (machines_section, distill_section, single_seed_section, study_section, targets_section, conformance_section,
-            minilm_section, minilm_teachers_section, minilm_seeds_section, minilm_ablation_section, latency_section, speed_section,
-            harness_section, main_command_section)
+            minilm_section, minilm_teachers_section, minilm_seeds_section, minilm_ablation_section, latency_section,
+            speed_section, harness_section, main_command_section)
 
 
 def _wrap(paragraph: str, width: int = 120) -> str:
