@@ -209,8 +209,7 @@ def test_a_query_larger_than_the_artifacts_static_batch_times_one_runtime_call_p
     pte = export(model, "executorch", "fp32", out=tmp_path / "cnn.pte", example_inputs=(torch.from_numpy(x[:1]),))
     for target, path, calls in (("executorch", pte.path, [1] * 5), ("onnxruntime", s["arts"] / "cnn_fp32.onnx", [5])):
         eng = ArtifactEngine(target, str(path))
-        eng.prepare()
-        eng.set_threads(1)
+        eng.prepare()  # no set_threads: ExecuTorch's pool is process-wide and other tests loaded programs already
         runner = eng.load()
         seen = []  # the batch of every runtime call the query makes
         real = eng.target.bind
