@@ -67,10 +67,14 @@ case "${1:-}" in
     ;;
   test)
     setup
-    log "pytest"
-    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+    # One pytest worker per core (pytest-xdist), each test file kept whole in one worker (its module fixtures are
+    # built once) and one BLAS thread per worker; ONDEVICE_TEST_WORKERS=1 runs everything in one process.
+    workers=${ONDEVICE_TEST_WORKERS:-$(nproc)} par=()
+    [ "$workers" -gt 1 ] && par=(-n "$workers" --dist loadfile)
+    log "pytest (${workers} worker(s))"
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( workers > 1 ? 1 : 2 ))} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
     export ONDEVICE_NO_SKIP=1   # everything is installed and fetched here: a skip would hide a missing piece
-    "$VENV/bin/python" -m pytest "${@:2}"
+    "$VENV/bin/python" -m pytest "${par[@]}" "${@:2}"
     ;;
   *) echo "usage: bash scripts/dev.sh {example|test|setup} [extra args]" >&2; exit 2 ;;
 esac
