@@ -126,6 +126,7 @@ def outcome(folder: Path) -> dict | None:
     r, recipe = read_json(folder / "results.json"), read_json(folder / "recipe.resolved.json")
     return {**{k: {f: r[k].get(f) for f in ("test_acc", "train_acc")} for k in ("teacher", "student", "baseline")},
             "trainable_layers": recipe["teacher"]["kwargs"].get("trainable_layers"),
+            "teacher_epochs": (recipe["teacher"].get("train") or {}).get("epochs"),
             "student_epochs": recipe["train"]["epochs"], "folder": str(folder)}
 
 
@@ -133,7 +134,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", default="choice,students,two_layer,ablation,embed,export",
+    ap.add_argument("--steps", default="choice,students,two_layer,ablation,kd_sweep,embed,export",
                     help="comma-separated subset of the steps to run (the others are read from earlier runs)")
     ap.add_argument("--seeds", default=None,
                     help="comma-separated student seeds, overriding the mode's (quick: 0; full: 0,1,2)")
@@ -164,6 +165,13 @@ def main(argv=None) -> int:
     if "ablation" in steps:
         state["ablation"] = ablation(m, base, fixed, a.threads)
         atomic_write_json(state_path, state)
+    if "kd_sweep" in steps:
+        state["kd_sweep"] = kd_sweep(m, base, fixed, a.threads)
+        atomic_write_json(state_path, state)
+    if "longer_teacher" in steps:  # a teacher trained twice as long, and seed-0 students from it (in teacher_runs)
+        run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
+                    [*_data(m), *teacher, f"teacher.train.epochs={2 * m['teacher_epochs']}",
+                     f"train.epochs={m['epochs']}"], a.threads)
     if "embed" in steps:
         state["embed"] = run_distill("minilm_embed.toml", base / "embed", _embed(m), a.threads)
         atomic_write_json(state_path, state)
@@ -198,6 +206,31 @@ ABLATION = {
 
 
 ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
+
+
+def _kd_ce(kd: float, t: float) -> str:
+    return f'distill.losses=[{{name = "kd", weight = {kd}, temperature = {t}}}, {{name = "ce", weight = {1 - kd:g}}}]'
+
+
+# Why the distilled student lost: the same teacher, glosses, epochs and seed 0 as the students step, with the weight
+# on the teacher's soft targets and their temperature varied; the first row is the recipe itself, re-run to show the
+# step reproduces the students step's seed-0 student.
+KD_SWEEP = {"kd 0.9 T=4 + ce 0.1 (the recipe)": (0.9, 4.0), "kd 0.5 T=4 + ce 0.5": (0.5, 4.0),
+            "kd 0.5 T=2 + ce 0.5": (0.5, 2.0), "kd 0.5 T=1 + ce 0.5": (0.5, 1.0)}
+
+
+def kd_sweep(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
+    """Seed-0 distilled students on the students step's glosses, one per KD weight and temperature."""
+    rows = {}
+    for name, (kd, t) in KD_SWEEP.items():
+        res = run_distill("minilm_wordnet.toml", base / f"kd-{kd:g}-T{t:g}",
+                          [*_data(m), *fixed, _kd_ce(kd, t), f"train.epochs={m['epochs']}",
+                           "distill.baseline=false"], threads)
+        st = res["student"]
+        rows[name] = {"kd_weight": kd, "temperature": t, "test_errors": st["test_errors"], "test_n": st["test_n"],
+                      "test_acc": st["test_acc"], "train_acc": st.get("train_acc"),
+                      "best_val_acc": st.get("best_val_acc"), "seconds": res["seconds_total"]}
+    return rows
 
 
 def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
@@ -252,6 +285,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "teacher_choice": state.get("teacher_choice"), "teacher_choice_rule_now": CHOICE_RULE,
         "teacher_runs": state.get("teacher_runs"),
         "ablation": state.get("ablation"), "ablation_se_points": ablation_se(state.get("ablation"), n),
+        "kd_sweep": state.get("kd_sweep"),
         "artifacts": ex.get("artifacts"), "latency": ex.get("latency"),
         "distilbert_paper": DISTILBERT, "goals": GOALS,
         "measured_on": ex.get("measured_on") or machine_record(),  # the bench's machine record, else this one's
@@ -299,6 +333,14 @@ def markdown(r: dict) -> str:
         lines += [f"| {k} | {v['train_samples']} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]
         lines += ["", f"One run's standard error on {r['test_n']} test glosses: about "
                       f"{_f(r.get('ablation_se_points'), '.2f')} points.", ""]
+    if r.get("kd_sweep"):
+        base0 = next((p["baseline_errors"] for p in r.get("per_seed") or [] if p["seed"] == 0), None)
+        lines += [f"| KD weight and temperature (seed 0, the students' glosses) | test errors | gain over the seed-0 "
+                  f"hard-label student ({base0 if base0 is not None else '-'} errors) | training-set accuracy |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['test_errors']} | {'-' if base0 is None else format(base0 - v['test_errors'], '+d')} | "
+                  f"{_f(v['train_acc'])} |" for k, v in r["kd_sweep"].items()]
+        lines += [""]
     if r.get("latency"):
         lines += ["", "| runtime | precision | teacher p50 ms b1 | student p50 ms b1 | speedup b1 | "
                       "teacher p50 ms b8 | student p50 ms b8 | speedup b8 |", "|---|---|---|---|---|---|---|---|"]

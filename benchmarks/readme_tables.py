@@ -377,17 +377,52 @@ def minilm_teachers_section(results: Path) -> str:
 
     def one(name: str, o: dict) -> str:
         t, s, b = o["teacher"], o["student"], o["baseline"]
-        return (f"`{name}`: {o['trainable_layers']} of 6 encoder layers fine-tuned in the teacher, students trained "
-                f"{o['student_epochs']} epochs; teacher {_pct(t['test_acc'])} test (right on "
+        epochs = "" if o.get("teacher_epochs") is None else f" for {o['teacher_epochs']} epochs"
+        return (f"`{name}`: {o['trainable_layers']} of 6 encoder layers fine-tuned in the teacher{epochs}, students "
+                f"trained {o['student_epochs']} epochs; teacher {_pct(t['test_acc'])} test (right on "
                 f"{_pct(t['train_acc'])} of its training glosses), distilled 3-layer student {_pct(s['test_acc'])} "
                 f"({_pct(s['train_acc'])}), hard-label {_pct(b['test_acc'])} ({_pct(b['train_acc'])})"
                 + (" - the hard-label student beat its own teacher" if b["test_acc"] >= t["test_acc"] else ""))
 
+    weak = [n for n, o in runs.items() if o["teacher"]["train_acc"] < o["baseline"]["train_acc"]]
+    strong_lost = [n for n, o in runs.items() if o["teacher"]["train_acc"] >= o["baseline"]["train_acc"]
+                   and o["student"]["test_acc"] < o["baseline"]["test_acc"]]
+    why = []
+    if weak:
+        why.append(f"a teacher that fits its training glosses worse than the student trained alone ({', '.join(weak)}) "
+                   "teaches its mistakes")
+    if strong_lost:
+        why.append(f"where the teacher fits them better ({', '.join(strong_lost)}) the distilled student still lost: "
+                   "both 3-layer students start from the teacher's fine-tuned layers (DistilBERT's initialisation) and "
+                   "see the same labelled glosses the teacher saw, so the soft targets carry little that the labels "
+                   "and the inherited layers do not")
     return ("Every students run kept (`minilm_wordnet.json`, `teacher_runs`, seed 0, quick-mode subsample): "
-            + "; ".join(one(n, o) for n, o in runs.items()) + ". A teacher that fits its training glosses worse than "
-            "the student trained alone teaches its mistakes; and both 3-layer students start from the teacher's "
-            "fine-tuned layers (DistilBERT's initialisation) and see the same labelled glosses the teacher saw, so "
-            "the soft targets carry little the labels and the inherited layers do not.")
+            + "; ".join(one(n, o) for n, o in runs.items()) + "." + (f" {'; '.join(why)[:1].upper()}{'; '.join(why)[1:]}." if why else ""))
+
+
+def minilm_kd_sweep_section(results: Path) -> str:
+    """The KD weight and temperature varied on the students step's glosses, teacher and seed (the file's
+    `kd_sweep`), against the seed-0 hard-label student."""
+    if not (results / "minilm_wordnet.json").exists():
+        return ""
+    r = load("minilm_wordnet.json", results)
+    sweep = r.get("kd_sweep") or {}
+    base0 = next((p["baseline_errors"] for p in r.get("per_seed") or [] if p["seed"] == 0), None)
+    if not sweep or base0 is None:
+        return ""
+    rows = "; ".join(f"{k}: {v['test_errors']} errors ({base0 - v['test_errors']:+d})" for k, v in sweep.items())
+    n = next(iter(sweep.values()))["test_n"]
+    se = r.get("ablation_se_points")
+    noise = ""
+    if se is not None:
+        two_se, far = 2 * 2 ** 0.5 * se * n / 100, max(abs(base0 - v["test_errors"]) for v in sweep.values())
+        noise = (f" Two standard errors of a difference are about {two_se:.0f} errors: "
+                 + (f"every setting is within {far} errors of the hard-label student, so neither the weight on the soft "
+                    "targets nor their temperature explains the loss" if far <= two_se else
+                    f"a setting is {far} errors from the hard-label student, more than that") + ".")
+    return (f"KD weight and temperature (`kd_sweep`, seed 0, the students' {r['subsample']['limit_train']:,} glosses "
+            f"and teacher, one run each) against the seed-0 hard-label student's {base0} errors on {n:,} test glosses: "
+            f"{rows}.{noise}")
 
 
 def minilm_seeds_section(results: Path) -> str:
@@ -426,7 +461,8 @@ def minilm_ablation_section(results: Path) -> str:
 
 
 SECTIONS = (machines_section, distill_section, single_seed_section, study_section, targets_section, conformance_section,
-            minilm_section, minilm_teachers_section, minilm_seeds_section, minilm_ablation_section, latency_section,
+            minilm_section, minilm_teachers_section, minilm_seeds_section, minilm_ablation_section,
+            minilm_kd_sweep_section, latency_section,
             speed_section, harness_section, main_command_section)
 
 

@@ -66,7 +66,9 @@ def test_result_file_has_the_fields_the_issue_names():
                         "speedup_runtime": "onnxruntime fp32"},
              "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97}},
              "ablation": {"kd + ce": {"test_acc": 0.62, "train_samples": 3000},
-                          "+ hidden_cos (DistilBERT)": {"test_acc": 0.58, "train_samples": 3000}}}
+                          "+ hidden_cos (DistilBERT)": {"test_acc": 0.58, "train_samples": 3000}},
+             "kd_sweep": {"kd 0.5 T=2 + ce 0.5": {"kd_weight": 0.5, "temperature": 2.0, "test_errors": 431,
+                                                  "test_n": 1000, "test_acc": 0.569, "train_acc": 0.7}}}
     r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], state)
     assert ISSUE_FIELDS <= set(r)
     assert r["distilled_accuracy"] == pytest.approx(0.59) and r["hard_label_accuracy"] == pytest.approx(0.555)
@@ -77,6 +79,7 @@ def test_result_file_has_the_fields_the_issue_names():
     assert "| 1 | 400 | 450 | +50 |" in md and "Gain mean +35.0 errors of 1000" in md
     assert r["ablation_se_points"] == pytest.approx(100 * (0.6 * 0.4 / 1000) ** 0.5)  # at the rows' mean, 0.60
     assert "| + hidden_cos (DistilBERT) | 3000 | 0.5800 |" in md and "about 1.55 points" in md
+    assert "hard-label student (440 errors)" in md and "| kd 0.5 T=2 + ce 0.5 | 431 | +9 | 0.7000 |" in md
 
 
 def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):

@@ -122,3 +122,42 @@ def test_setup_text_names_models_schedule_losses_and_the_training_set_when_recor
     assert rt.setup_text("MNIST example", d) == ("MNIST example: big (421,642 params) -> small (103,018 params), 20 epochs, "
                                                  "0.9 KD (T=4, standardized) + 0.1 CE")
     assert "small (103,018 params), 5,000 training images, 20 epochs" in rt.setup_text("x", {**d, "split_sizes": {"train": 5000, "val": 1000, "test": 10000}})
+
+
+def _minilm(copy, **fields):
+    p = copy / "results" / "minilm_wordnet.json"
+    d = {**json.loads(p.read_text()), **fields}
+    p.write_text(json.dumps(d))
+    return copy / "results"
+
+
+def _run(teacher_train, student_test, baseline_test, baseline_train=0.8):
+    return {"teacher": {"test_acc": 0.75, "train_acc": teacher_train},
+            "student": {"test_acc": student_test, "train_acc": 0.8},
+            "baseline": {"test_acc": baseline_test, "train_acc": baseline_train},
+            "trainable_layers": 6, "teacher_epochs": 3, "student_epochs": 2}
+
+
+def test_the_minilm_teacher_runs_explain_each_loss_by_the_teachers_fit(copy):
+    """A weak teacher (fits its training glosses worse than the hard-label student) and a strong teacher whose student
+    still lost get different explanations; a run where distillation won gets neither."""
+    res = _minilm(copy, teacher_runs={"weak": _run(0.7, 0.70, 0.72), "strong": _run(0.9, 0.73, 0.74),
+                                      "won": _run(0.9, 0.76, 0.74)})
+    text = rt.minilm_teachers_section(res)
+    assert "fine-tuned in the teacher for 3 epochs" in text
+    assert "A teacher that fits its training glosses worse than the student trained alone (weak) teaches" in text
+    assert "where the teacher fits them better (strong) the distilled student still lost" in text
+    assert "(won)" not in text and "(weak, " not in text
+
+
+def test_the_kd_sweep_is_compared_with_the_seed_0_hard_label_student(copy):
+    res = _minilm(copy, per_seed=[{"seed": 0, "student_errors": 571, "baseline_errors": 564, "gain": -7}],
+                  kd_sweep={"kd 0.5 T=2 + ce 0.5": {"test_errors": 550, "test_n": 2000},
+                            "kd 0.5 T=1 + ce 0.5": {"test_errors": 580, "test_n": 2000}}, ablation_se_points=1.0)
+    text = rt.minilm_kd_sweep_section(res)
+    assert "the seed-0 hard-label student's 564 errors on 2,000 test glosses" in text
+    assert "kd 0.5 T=2 + ce 0.5: 550 errors (+14); kd 0.5 T=1 + ce 0.5: 580 errors (-16)" in text
+    assert "about 57 errors: every setting is within 16 errors of the hard-label student" in text  # 2 sqrt(2) 1 pt
+    far = _minilm(copy, kd_sweep={"kd 0.5 T=1 + ce 0.5": {"test_errors": 464, "test_n": 2000}})
+    assert "a setting is 100 errors from the hard-label student, more than that" in rt.minilm_kd_sweep_section(far)
+    assert rt.minilm_kd_sweep_section(_minilm(copy, kd_sweep=None)) == ""
