@@ -286,6 +286,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "teacher_runs": state.get("teacher_runs"),
         "ablation": state.get("ablation"), "ablation_se_points": ablation_se(state.get("ablation"), n),
         "kd_sweep": state.get("kd_sweep"),
+        "kd_sweep_hard_label_errors": next((p["baseline_errors"] for p in per_seed if p["seed"] == 0), None),
         "artifacts": ex.get("artifacts"), "latency": ex.get("latency"),
         "distilbert_paper": DISTILBERT, "goals": GOALS,
         "measured_on": ex.get("measured_on") or machine_record(),  # the bench's machine record, else this one's
@@ -334,7 +335,7 @@ def markdown(r: dict) -> str:
         lines += ["", f"One run's standard error on {r['test_n']} test glosses: about "
                       f"{_f(r.get('ablation_se_points'), '.2f')} points.", ""]
     if r.get("kd_sweep"):
-        base0 = next((p["baseline_errors"] for p in r.get("per_seed") or [] if p["seed"] == 0), None)
+        base0 = r.get("kd_sweep_hard_label_errors")
         lines += [f"| KD weight and temperature (seed 0, the students' glosses) | test errors | gain over the seed-0 "
                   f"hard-label student ({base0 if base0 is not None else '-'} errors) | training-set accuracy |",
                   "|---|---|---|---|"]

@@ -407,7 +407,7 @@ def minilm_kd_sweep_section(results: Path) -> str:
         return ""
     r = load("minilm_wordnet.json", results)
     sweep = r.get("kd_sweep") or {}
-    base0 = next((p["baseline_errors"] for p in r.get("per_seed") or [] if p["seed"] == 0), None)
+    base0 = r.get("kd_sweep_hard_label_errors")  # the seed-0 hard-label student's
     if not sweep or base0 is None:
         return ""
     rows = "; ".join(f"{k}: {v['test_errors']} errors ({base0 - v['test_errors']:+d})" for k, v in sweep.items())

@@ -79,7 +79,7 @@ def test_result_file_has_the_fields_the_issue_names():
     assert "| 1 | 400 | 450 | +50 |" in md and "Gain mean +35.0 errors of 1000" in md
     assert r["ablation_se_points"] == pytest.approx(100 * (0.6 * 0.4 / 1000) ** 0.5)  # at the rows' mean, 0.60
     assert "| + hidden_cos (DistilBERT) | 3000 | 0.5800 |" in md and "about 1.55 points" in md
-    assert "hard-label student (440 errors)" in md and "| kd 0.5 T=2 + ce 0.5 | 431 | +9 | 0.7000 |" in md
+    assert r["kd_sweep_hard_label_errors"] == 440 and "hard-label student (440 errors)" in md and "| kd 0.5 T=2 + ce 0.5 | 431 | +9 | 0.7000 |" in md
 
 
 def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):

@@ -151,9 +151,9 @@ def test_the_minilm_teacher_runs_explain_each_loss_by_the_teachers_fit(copy):
 
 
 def test_the_kd_sweep_is_compared_with_the_seed_0_hard_label_student(copy):
-    res = _minilm(copy, per_seed=[{"seed": 0, "student_errors": 571, "baseline_errors": 564, "gain": -7}],
+    res = _minilm(copy, kd_sweep_hard_label_errors=564, ablation_se_points=1.0,
                   kd_sweep={"kd 0.5 T=2 + ce 0.5": {"test_errors": 550, "test_n": 2000},
-                            "kd 0.5 T=1 + ce 0.5": {"test_errors": 580, "test_n": 2000}}, ablation_se_points=1.0)
+                            "kd 0.5 T=1 + ce 0.5": {"test_errors": 580, "test_n": 2000}})
     text = rt.minilm_kd_sweep_section(res)
     assert "the seed-0 hard-label student's 564 errors on 2,000 test glosses" in text
     assert "kd 0.5 T=2 + ce 0.5: 550 errors (+14); kd 0.5 T=1 + ce 0.5: 580 errors (-16)" in text
