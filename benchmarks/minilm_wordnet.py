@@ -48,10 +48,12 @@ MODES = {
     "quick": {"limit_train": 6000, "limit_val": 1000, "limit_test": 2000, "seeds": [0], "epochs": 2,
               "teacher_epochs": 3, "choice_train": 2000, "ablation_train": 3000,
               "export_verify": 128, "export_models": ("teacher", "student_3"), "bench_accuracy": 500,
+              "transfer_samples": 18000,
               "embed": {"limit_train": 12000, "epochs": 2, "lr": 5e-4, "warmup_steps": 30}},
     "full": {"limit_train": 30000, "limit_val": 2000, "limit_test": None, "seeds": [0, 1, 2], "epochs": 3,
              "teacher_epochs": 4, "choice_train": 8000, "ablation_train": 10000,
              "export_verify": 512, "export_models": ("teacher", "student_3", "student_2"), "bench_accuracy": 2000,
+             "transfer_samples": 60000,
              "embed": {"limit_train": None, "epochs": 3, "lr": 1e-4, "warmup_steps": 100}},
 }
 
@@ -168,6 +170,12 @@ def main(argv=None) -> int:
     if "kd_sweep" in steps:
         state["kd_sweep"] = kd_sweep(m, base, fixed, a.threads)
         atomic_write_json(state_path, state)
+    if "transfer" in steps:
+        state["transfer"] = run_distill("minilm_wordnet.toml", base / "transfer",
+                                        [*_data(m), *fixed, f"distill.transfer_samples={m['transfer_samples']}",
+                                         f"train.epochs={m['epochs']}", f"seeds={_student_seeds(state, m)}",
+                                         "distill.baseline=false"], a.threads)
+        atomic_write_json(state_path, state)
     if "longer_teacher" in steps:  # a teacher trained twice as long, and seed-0 students from it (in teacher_runs)
         run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
                     [*_data(m), *teacher, f"teacher.train.epochs={2 * m['teacher_epochs']}",
@@ -206,6 +214,11 @@ ABLATION = {
 
 
 ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
+
+
+def _student_seeds(state: dict, m: dict) -> list[int]:
+    """The students step's seeds (a later step pairs with its hard-label students), else the mode's."""
+    return (state.get("students") or {}).get("seeds") or m["seeds"]
 
 
 def _kd_ce(kd: float, t: float) -> str:

@@ -139,6 +139,10 @@ class DistillSpec(_Strict):
         "auto", description="auto: cache teacher outputs when inputs are deterministic (no augmentation)")
     cache_budget_mb: int = Field(2048, ge=0, description="largest teacher-output cache kept in memory")
     baseline: bool = Field(True, description="also train the student on hard labels alone, same init and schedule")
+    transfer_samples: int = Field(0, ge=0, description=(
+        "training-split samples after the first data.limit_train whose labels are withheld: the distilled student "
+        "also learns the teacher's outputs on them (Hinton et al. 2015's transfer set); the teacher and the "
+        "hard-label baseline see only the labelled ones"))
 
 
 class ExportTargetSpec(_Strict):
@@ -253,6 +257,14 @@ class Recipe(_Strict):
     def _unique_seeds(self) -> "Recipe":
         if self.seeds is not None and len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds: expected distinct seeds, got {self.seeds}")
+        return self
+
+    @model_validator(mode="after")
+    def _transfer_needs_limit(self) -> "Recipe":
+        if self.distill.transfer_samples and self.data.limit_train is None:
+            raise ValueError(f"distill.transfer_samples = {self.distill.transfer_samples} needs data.limit_train: the "
+                             "transfer set is the training samples after the first limit_train (the labelled ones); "
+                             "set data.limit_train, or distill.transfer_samples = 0")
         return self
 
     @property

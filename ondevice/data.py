@@ -42,10 +42,11 @@ from . import fetch as _fetch
 from .errors import ConfigError, DataNotFoundError, OndeviceError
 from .io import atomic_write_bytes
 from .registry import Registry
-from .tree import Tree, pad_stack, tree_index, tree_len, tree_leaves, tree_map, tree_to
+from .tree import Tree, pad_stack, tree_cat, tree_index, tree_len, tree_leaves, tree_map, tree_to
 
 __all__ = [
     "ArraySplit", "SampleSplit", "Split", "pad_collate", "trim_padding", "memmap_split", "split_item", "DatasetSplits", "DatasetInfo", "DATASETS", "IDXFormatError", "load_dataset", "register_dataset",
+    "transfer_split", "UNLABELLED",
     "from_torch_dataset", "augment_batch", "random_hflip", "random_shift", "shift_images", "read_idx", "parse_idx",
     "dataset_names",
 ]
@@ -311,9 +312,43 @@ class DatasetSplits:
     val: Split
     test: Split
     info: DatasetInfo
+    transfer: Split | None = None  # unlabelled training samples (targets UNLABELLED) for distillation only
 
     def sizes(self) -> dict[str, int]:
-        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        sizes = {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+        return sizes if self.transfer is None else {**sizes, "transfer": len(self.transfer)}
+
+    def distill_train(self) -> Split:
+        """What the distilled student trains on: the labelled training samples, then the transfer set's."""
+        if self.transfer is None:
+            return self.train
+        a, b = self.train, self.transfer
+        return ArraySplit(tree_cat([a.x, b.x]), None if a.y is None else tree_cat([a.y, b.y]))
+
+
+UNLABELLED = -100  # a transfer-set sample's class id: the cross-entropy's ignore_index (PyTorch's default)
+
+
+def transfer_split(full: Split, limit_train: int | None, n: int) -> ArraySplit:
+    """The training samples [limit_train, limit_train + n) with their class ids withheld (set to UNLABELLED)."""
+    if limit_train is None:
+        raise ConfigError(f"distill.transfer_samples = {n} needs data.limit_train: the transfer set is the training "
+                          "samples after the first limit_train; set data.limit_train")
+    spare = len(full) - limit_train
+    if n > spare:
+        raise ConfigError(f"distill.transfer_samples: expected at most {spare} (the training split holds {len(full)} "
+                          f"samples and data.limit_train keeps {limit_train} labelled), got {n}")
+    if not isinstance(full, ArraySplit):
+        raise ConfigError(f"distill.transfer_samples needs a dataset held as tensors (ArraySplit), got "
+                          f"{type(full).__name__}; set distill.transfer_samples = 0")
+    part = full.subset(torch.arange(limit_train, limit_train + n))
+    if part.y is None:  # nothing to withhold (embedding distillation has no labels)
+        return part
+    if not isinstance(part.y, torch.Tensor) or part.y.ndim != 1 or part.y.is_floating_point():
+        shape = tuple(part.y.shape) if isinstance(part.y, torch.Tensor) else type(part.y).__name__
+        raise ConfigError(f"distill.transfer_samples: expected class-id labels (N,) to withhold, got {shape}; a "
+                          "transfer set is defined here for classification (or unlabelled) data only")
+    return ArraySplit(part.x, torch.full_like(part.y, UNLABELLED))
 
 
 class IDXFormatError(OndeviceError, ValueError):
@@ -351,12 +386,13 @@ def resolve_loader(name: str) -> Loader:
 
 def load_dataset(name: str, *, root: str | os.PathLike | None = None, seed: int = 0, val_fraction: float = 0.1,
                  limit_train: int | None = None, limit_val: int | None = None,
-                 limit_test: int | None = None, kwargs: dict | None = None) -> DatasetSplits:
+                 limit_test: int | None = None, kwargs: dict | None = None, transfer: int = 0) -> DatasetSplits:
     """Load a dataset by registered name or ``package.module:factory`` (see the module docstring for split rules).
 
     A factory is called as ``factory(root=..., seed=..., val_fraction=..., **kwargs)`` and returns either
     DatasetSplits, or a dict/tuple of its ``train``/``val``/``test`` splits: ArraySplits or map-style datasets whose
     items are ``(inputs, target)`` pairs or dicts with a ``labels`` key (read lazily, batched by :func:`pad_collate`).
+    ``transfer`` > 0 adds that many unlabelled training samples after the first ``limit_train`` (:func:`transfer_split`).
     """
     loader = resolve_loader(name)
     if not 0.0 <= float(val_fraction) < 1.0:
@@ -373,14 +409,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, seed: int 
         raise
     splits = _as_splits(splits, name)
     return DatasetSplits(splits.train.take(limit_train), splits.val.take(limit_val), splits.test.take(limit_test),
-                         splits.info)
+                         splits.info, transfer_split(splits.train, limit_train, transfer) if transfer else None)
 
 
-def load_data(data, seed: int) -> DatasetSplits:
-    """The one place every command loads a recipe's data (``data`` is a recipe's DataSpec)."""
+def load_data(data, seed: int, transfer: int = 0) -> DatasetSplits:
+    """The one place every command loads a recipe's data (``data`` is a recipe's DataSpec; ``transfer`` its
+    ``distill.transfer_samples``, read by ``distill`` only)."""
     return load_dataset(data.dataset, root=data.root, seed=seed, val_fraction=data.val_fraction,
                         limit_train=data.limit_train, limit_val=data.limit_val, limit_test=data.limit_test,
-                        kwargs=getattr(data, "kwargs", None))
+                        kwargs=getattr(data, "kwargs", None), transfer=transfer)
 
 
 def _as_splits(obj, name: str) -> DatasetSplits:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from .config import Recipe, dump_toml
+from .errors import ConfigError
 from .io import atomic_write_json, atomic_write_text, machine_record, read_json
 from .outdir import claim_recipe_dir
 from .progress import status
@@ -170,10 +171,23 @@ def _load_data(run: Run) -> None:
     r = run.recipe
     run.task = r.task.build()
     run.task.check_losses([l.name for l in r.distill.losses])
-    run.splits = load_data(r.data, r.seed)
+    if r.distill.transfer_samples:
+        _check_transfer_losses(r)
+    run.splits = load_data(r.data, r.seed, transfer=r.distill.transfer_samples)
     s = run.splits
-    status(f"data: {r.data.dataset} train {len(s.train)} / val {len(s.val)} / test {len(s.test)} from "
+    extra = f" + {len(s.transfer)} unlabelled (transfer set)" if s.transfer is not None else ""
+    status(f"data: {r.data.dataset} train {len(s.train)}{extra} / val {len(s.val)} / test {len(s.test)} from "
            f"{s.info.source}; task {run.task.name}; device {run.device}, precision {r.train.precision}")
+
+
+def _check_transfer_losses(r: Recipe) -> None:
+    from .losses import LOSSES
+
+    bad = [l.name for l in r.distill.losses if LOSSES.get(l.name).labels_every_sample]
+    if bad:
+        raise ConfigError(f"distill.losses: {bad} read every sample's label, and the transfer set's "
+                          f"{r.distill.transfer_samples} samples have none; use kd (+ ce, which skips them) or set "
+                          "distill.transfer_samples = 0")
 
 
 # ------------------------------------------------------------------------------------------------ teacher
@@ -263,13 +277,14 @@ def _distilled(run: Run, teacher: torch.nn.Module, seed: int, t_out_cache: dict)
     if loss.needs_teacher and "t_out" not in t_out_cache:  # built once, shared by every seed
         cache = r.distill.cache_teacher == "auto" and not r.data.augment.active
         t_out_cache["t_out"] = TeacherOutputs(
-            teacher, t_layers, run.splits.train, task=run.task, cache=cache, budget_mb=r.distill.cache_budget_mb,
+            teacher, t_layers, run.splits.distill_train(), task=run.task, cache=cache, budget_mb=r.distill.cache_budget_mb,
             batch_size=r.train.eval_batch_size, device=run.device,
             autocast=autocast_factory(run.device, r.train.precision), top_k=loss.teacher_top_k())
     t_out = t_out_cache.get("t_out") if loss.needs_teacher else None
     h = r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task")
     st = run.setup(r.train, seed=seed, phase_hash=h, teacher=t_out, student_layers=s_layers, augment=r.data.augment)
-    res = train_phase(_phase_name("distill", seed, run), student, loss, run.splits.train, run.splits.val, st)
+    res = train_phase(_phase_name("distill", seed, run), student, loss, run.splits.distill_train(), run.splits.val,
+                      st)
     return res, t_out
 
 
@@ -324,6 +339,7 @@ def _train_fit(run: Run, teacher, seeds: list[SeedRun], t_out) -> tuple[dict, st
     train = run.splits.train
     ev = lambda m: run.evaluate(m, train)["acc"]  # noqa: E731
     cached = t_out.logits if t_out is not None and t_out.mode == "cached" else None  # (N, C): no second pass
+    cached = None if cached is None else cached[:len(train)]  # the labelled rows come first (distill_train)
     y = train.y if hasattr(train, "y") else None
     fit = {"teacher": (int((cached.argmax(1).cpu() == y).sum()) / len(y) if cached is not None and y is not None
                        else ev(teacher)),
@@ -343,7 +359,7 @@ def _results(run: Run, teacher, teacher_test: dict, teacher_phase, seeds: list[S
         "teacher": {**_block(teacher_test, teacher, teacher_phase), "model": r.teacher.model,
                     "trained_by_ondevice": teacher_phase is not None},
         "student": {**_block(first.test, first.student, first.phase), "model": r.student.model},
-        "losses": [l.as_dict() for l in r.distill.losses],
+        "losses": [l.as_dict() for l in r.distill.losses], "transfer_samples": r.distill.transfer_samples,
         "teacher_outputs": first.phase.teacher_outputs, "teacher_outputs_reason": first.phase.teacher_outputs_reason,
         "epochs": r.train.epochs, "world_size": run.di.world_size, "device": str(run.device),
         "precision": r.train.precision,

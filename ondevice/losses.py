@@ -307,6 +307,8 @@ class DistillLoss(nn.Module):
 
     name: ClassVar[str] = ""
     needs_teacher: ClassVar[bool] = True
+    # reads every sample's label, so it cannot learn from a transfer set's unlabelled samples (class id -100)
+    labels_every_sample: ClassVar[bool] = False
     PARAMS: ClassVar[tuple[Param, ...]] = ()
 
     @classmethod
@@ -466,7 +468,9 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float, st
 
 @LOSSES.register("ce")
 class CrossEntropyLoss(DistillLoss):
-    """Hard-label cross-entropy: ``L = -1/B sum_b log softmax(s_b)[y_b]`` (optionally label-smoothed).
+    """Hard-label cross-entropy: ``L = -1/|L| sum_{b in L} log softmax(s_b)[y_b]`` over the labelled samples L of
+    the batch (optionally label-smoothed); a sample whose class id is -100 (a transfer-set sample, a padded token) is
+    not in L, and a batch with no labelled sample gives 0.
 
     With ``label_smoothing = e`` the target is ``(1 - e) * onehot(y) + e / C``, as in
     ``torch.nn.functional.cross_entropy``.
@@ -481,8 +485,11 @@ class CrossEntropyLoss(DistillLoss):
         self.label_smoothing = label_smoothing
 
     def forward(self, inp: LossInputs) -> Tensor:
-        # (B, C), (B,) -> ()
-        return F.cross_entropy(inp.student_logits.float(), inp.targets, label_smoothing=self.label_smoothing)
+        # (B, C), (B,) -> (); summed and divided by the labelled count: the mean where any is labelled, no sync
+        y = inp.targets
+        total = F.cross_entropy(inp.student_logits.float(), y, ignore_index=-100, reduction="sum",
+                                label_smoothing=self.label_smoothing)
+        return total / (y != -100).sum().clamp(min=1)
 
 
 @LOSSES.register("kd")
@@ -594,6 +601,7 @@ class DKDLoss(DistillLoss):
     """
 
     name = "dkd"
+    labels_every_sample = True  # the target-class split of TCKD / NCKD
     PARAMS = (
         Param("alpha", "a finite number >= 0", _nonneg, 1.0, float, "TCKD weight"),
         Param("beta", "a finite number >= 0", _nonneg, 8.0, float, "NCKD weight"),
