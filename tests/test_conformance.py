@@ -73,8 +73,6 @@ EXPECTED_FAILURES: dict[tuple[str, str, str], tuple[str, str]] = {
         what="a 16-entry palette per tensor", numbers="SQNR of the 'ink' regression head 2.6 dB")),
     ("coreml", "prune50", "two_in_two_out"): (r"SQNR of 'ink' \d+\.\d+ dB < 10 dB", _NARROW.format(
         what="50% magnitude pruning", numbers="SQNR of the 'ink' regression head 8.7 dB")),
-    ("executorch", "int8_static", "token_encoder"): (r"SQNR \d+\.\d+ dB < 20 dB", _STATIC_ATTENTION.format(
-        numbers="SQNR 4.0 dB, top-1 agreement 0.46 (PT2E, XNNPACK quantizer)")),
     ("onnxruntime", "int8_static", "token_encoder"): (r"SQNR \d+\.\d+ dB < 20 dB", _STATIC_ATTENTION.format(
         numbers="SQNR 4.0 dB, top-1 agreement 0.46 (QDQ, min-max calibration)")),
     ("executorch", "int8_static", "causal_lm"): (r"next_token_agreement 0\.\d+ < 0\.95", _STATIC_ATTENTION.format(

@@ -16,5 +16,8 @@ SPEC = TargetSpec(
     options={
         "batch": "static batch size of the exported program (int, default 1, what a phone app runs); run() "
                  "splits larger inputs into chunks of this size and pads the last one",
+        "embeddings": "int8 precisions: 'int8' (default) stores every embedding table as uint8 per row with a "
+                      "float scale and zero point (torchao's EmbeddingQuantizer; the runtime's "
+                      "quantized_decomposed::embedding_byte kernel reads it), 'fp32' leaves the tables in fp32",
     },
 )
