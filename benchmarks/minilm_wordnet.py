@@ -260,14 +260,38 @@ def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
     return rows
 
 
+def transfer_summary(state: dict) -> dict | None:
+    """The transfer step's distilled students paired, seed by seed, with the students step's hard-label ones (the
+    same teacher, init, labelled glosses and epochs; ondevice.stats.summarize_seeds), or None before it ran."""
+    from ondevice.stats import summarize_seeds
+
+    tr, s = state.get("transfer") or {}, state.get("students") or {}
+    base = {p["seed"]: p["baseline_errors"] for p in s.get("per_seed") or []}
+    pairs = [{"seed": p["seed"], "student": {"test_errors": p["student_errors"]},
+              "baseline": {"test_errors": base[p["seed"]]}} for p in tr.get("per_seed") or [] if p["seed"] in base]
+    if not pairs:
+        return None
+    return {**summarize_seeds(pairs, s["teacher"]["test_errors"]), "transfer_samples": tr["transfer_samples"],
+            "labelled_samples": tr["split_sizes"]["train"], "minutes": tr["seconds_total"] / 60}
+
+
+def _seed_block(summary: dict, acc) -> dict:
+    per_seed = summary.get("per_seed") or []
+    return {"distilled_accuracy": acc(_mean([p["student_errors"] for p in per_seed]) if per_seed else None),
+            "gain_errors_mean": summary.get("gain_errors_mean"), "gain_ci95": summary.get("gain_ci95"),
+            "per_seed": per_seed, "distilled_errors_std": summary.get("distilled_errors_std")}
+
+
 def assemble(mode: str, m: dict, state: dict) -> dict:
     s = state.get("students") or {}
     t_acc = (s.get("teacher") or {}).get("test_acc")
-    per_seed = s.get("per_seed") or []
-    d_mean = _mean([p["student_errors"] for p in per_seed]) if per_seed else None
     n = (s.get("student") or {}).get("test_n")
     acc = (lambda e: None if e is None or not n else 1 - e / n)  # noqa: E731
-    distilled, hard = acc(d_mean), acc(_mean([p["baseline_errors"] for p in per_seed]) if per_seed else None)
+    tr = transfer_summary(state)
+    head = tr or s  # the transfer-set student is the headline once measured; the hard-label students are the same
+    per_seed = head.get("per_seed") or []
+    distilled = _seed_block(head, acc)["distilled_accuracy"]
+    hard = acc(_mean([p["baseline_errors"] for p in per_seed]) if per_seed else None)
     ex = state.get("export") or {}
     if ex.get("artifacts"):  # the int8 summary is derived from the artifact rows, never stored beside them
         from minilm_export import _int8
@@ -282,9 +306,15 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "embed_schedule": m["embed"],
         "teacher_accuracy": t_acc, "distilled_accuracy": distilled, "hard_label_accuracy": hard,
         "retention": None if distilled is None or not t_acc else distilled / t_acc,
-        "gain_errors_mean": s.get("gain_errors_mean"), "gain_ci95": s.get("gain_ci95"),
-        "test_n": n, "per_seed": per_seed, "distilled_errors_std": s.get("distilled_errors_std"),
-        "hard_label_errors_std": s.get("hard_label_errors_std"),
+        "gain_errors_mean": head.get("gain_errors_mean"), "gain_ci95": head.get("gain_ci95"),
+        "test_n": n, "per_seed": per_seed, "distilled_errors_std": head.get("distilled_errors_std"),
+        "hard_label_errors_std": head.get("hard_label_errors_std"),
+        "distilled_student": (f"3 layers, distilled on {tr['labelled_samples']} labelled glosses plus a transfer set "
+                              f"of {tr['transfer_samples']} glosses whose labels it never sees (teacher outputs only); "
+                              "the hard-label student has the labelled glosses alone" if tr else
+                              "3 layers, distilled on the labelled glosses (no transfer set)"),
+        "transfer_samples": tr and tr["transfer_samples"], "transfer_minutes": tr and tr["minutes"],
+        "no_transfer": _seed_block(s, acc) if tr else None,
         "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
         "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
             "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
@@ -337,11 +367,18 @@ def markdown(r: dict) -> str:
              f"| DistilBERT paper (GLUE) | BERT-base | 6 of 12 layers | | | {DISTILBERT['retention']} | "
              f"{DISTILBERT['speedup']} |", ""]
     if r.get("per_seed"):
-        lines += ["| seed | distilled errors | hard-label errors | gain (errors) |", "|---|---|---|---|"]
-        lines += [f"| {p['seed']} | {p['student_errors']} | {p['baseline_errors']} | {p['gain']:+d} |"
-                  for p in r["per_seed"]]
+        nt = {p["seed"]: p["student_errors"] for p in (r.get("no_transfer") or {}).get("per_seed") or []}
+        lines += [f"3-layer distilled: {r['distilled_student']}.", "",
+                  "| seed | distilled errors | hard-label errors | gain (errors) | distilled without the transfer set |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {p['seed']} | {p['student_errors']} | {p['baseline_errors']} | {p['gain']:+d} | "
+                  f"{nt.get(p['seed'], '-')} |" for p in r["per_seed"]]
         lines += ["", f"Gain mean {_f(r['gain_errors_mean'], '+.1f')} errors of {r['test_n']}, paired bootstrap 95% CI "
-                      f"{r['gain_ci95']}.", ""]
+                      f"{r['gain_ci95']}."]
+        if r.get("no_transfer"):
+            lines += [f"Without the transfer set: gain {_f(r['no_transfer']['gain_errors_mean'], '+.1f')}, CI "
+                      f"{r['no_transfer']['gain_ci95']}."]
+        lines += [""]
     if r.get("ablation"):
         lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]
         lines += [f"| {k} | {v['train_samples']} | {_f(v['test_acc'])} |" for k, v in r["ablation"].items()]

@@ -76,10 +76,34 @@ def test_result_file_has_the_fields_the_issue_names():
     assert r["int8_accuracy_drop_max"] == pytest.approx(2.0) and r["embed_agreement_at10"] == 0.91
     md = minilm_wordnet.markdown(r)
     assert "| ondevice (test accuracy) | 0.6000 | 0.5900 | 0.5550 | - | 0.983 | 2.50 (onnxruntime fp32) |" in md
-    assert "| 1 | 400 | 450 | +50 |" in md and "Gain mean +35.0 errors of 1000" in md
+    assert "| 1 | 400 | 450 | +50 | - |" in md and "Gain mean +35.0 errors of 1000" in md
+    assert r["no_transfer"] is None and "(no transfer set)" in r["distilled_student"]
     assert r["ablation_se_points"] == pytest.approx(100 * (0.6 * 0.4 / 1000) ** 0.5)  # at the rows' mean, 0.60
     assert "| + hidden_cos (DistilBERT) | 3000 | 0.5800 |" in md and "about 1.55 points" in md
     assert r["kd_sweep_hard_label_errors"] == 440 and "hard-label student (440 errors)" in md and "| kd 0.5 T=2 + ce 0.5 | 431 | +9 | 0.7000 |" in md
+
+
+def test_the_transfer_set_student_is_the_headline_paired_by_seed_with_the_hard_label_students():
+    """Once the transfer step ran, the distilled numbers are its students', each paired with the students step's
+    hard-label student of the same seed (same teacher, init and labelled glosses); the no-transfer ones stay beside."""
+    students = {"teacher": {"test_acc": 0.6, "test_errors": 400, "params": 1}, "student": {"test_n": 1000},
+                "per_seed": [{"seed": s, "student_errors": e, "baseline_errors": b, "gain": b - e}
+                             for s, e, b in ((0, 450, 440), (1, 460, 450), (2, 455, 445))],
+                "gain_errors_mean": -10.0, "gain_ci95": [-10.0, -10.0]}
+    transfer = {"transfer_samples": 18000, "split_sizes": {"train": 6000}, "seconds_total": 600.0,
+                "per_seed": [{"seed": s, "student_errors": e} for s, e in ((0, 400), (1, 420), (2, 430))]}
+    r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], {"students": students, "transfer": transfer})
+    assert [(p["seed"], p["student_errors"], p["baseline_errors"], p["gain"]) for p in r["per_seed"]] == [
+        (0, 400, 440, 40), (1, 420, 450, 30), (2, 430, 445, 15)]
+    assert r["distilled_accuracy"] == pytest.approx(1 - 1250 / 3000) and r["hard_label_accuracy"] == pytest.approx(
+        1 - 1335 / 3000)
+    assert r["gain_errors_mean"] == pytest.approx(85 / 3) and r["gain_ci95"][0] > 0  # every seed gained
+    assert r["transfer_samples"] == 18000 and "6000 labelled glosses plus a transfer set of 18000" in r[
+        "distilled_student"]
+    assert r["no_transfer"]["gain_errors_mean"] == -10.0 and r["no_transfer"]["distilled_accuracy"] == pytest.approx(
+        1 - 1365 / 3000)
+    md = minilm_wordnet.markdown(r)
+    assert "| 0 | 400 | 440 | +40 | 450 |" in md and "Without the transfer set: gain -10.0" in md
 
 
 def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):

@@ -161,3 +161,20 @@ def test_the_kd_sweep_is_compared_with_the_seed_0_hard_label_student(copy):
     far = _minilm(copy, kd_sweep={"kd 0.5 T=1 + ce 0.5": {"test_errors": 464, "test_n": 2000}})
     assert "a setting is 100 errors from the hard-label student, more than that" in rt.minilm_kd_sweep_section(far)
     assert rt.minilm_kd_sweep_section(_minilm(copy, kd_sweep=None)) == ""
+
+
+def test_the_minilm_seeds_sentence_names_the_distilled_student_and_sets_the_no_transfer_run_beside_it(copy):
+    seeds = [{"seed": s, "student_errors": e, "baseline_errors": b, "gain": b - e}
+             for s, e, b in ((0, 491, 564), (1, 500, 553))]
+    res = _minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=63.0, gain_ci95=[53.0, 73.0],
+                  distilled_student="3 layers, distilled with a transfer set",
+                  no_transfer={"per_seed": [{"seed": 0, "student_errors": 571}, {"seed": 1, "student_errors": 585}],
+                               "gain_errors_mean": -19.5, "gain_ci95": [-32.0, -7.0]})
+    text = rt.minilm_seeds_section(res)
+    assert "distilled: 3 layers, distilled with a transfer set): seed 0: 491 vs 564 (+73)" in text
+    assert "CI [+53.0, +73.0]" in text
+    assert ("without the transfer set: seed 0: 571, seed 1: 585 errors, gain -19.5 (CI [-32.0, -7.0]): the win comes "
+            "from the teacher's outputs") in text
+    lost = rt.minilm_seeds_section(_minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=-5.0,
+                                           gain_ci95=[-9.0, 2.0], no_transfer={"per_seed": [], "gain_ci95": None}))
+    assert "the win comes" not in lost and "without the transfer set" not in lost
