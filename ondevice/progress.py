@@ -19,13 +19,19 @@ def _enabled() -> bool:
 
 
 class Bar:
-    """`with progress_bar(total, label) as bar: bar.advance(1, loss=..)`; prints nothing on non-rank-0 workers."""
+    """`with progress_bar(total, label) as bar: bar.advance(1, loss=..)`: a rich bar on a terminal, else plain
+    progress lines (a Ticker, at most one per PLAIN_EVERY_S: a 10-minute training epoch in a log says how far it is);
+    prints nothing on non-rank-0 workers."""
+
+    PLAIN_EVERY_S = 30.0
 
     def __init__(self, total: int, label: str):
         self.total, self.label = total, label
         self._rich = None
         self._task = None
         self._t0 = time.perf_counter()
+        self._plain = Ticker(total, label, every_s=self.PLAIN_EVERY_S)
+        self._plain._last = self._t0  # the first line after PLAIN_EVERY_S, not at the first step
 
     def __enter__(self) -> "Bar":
         if _enabled():
@@ -46,6 +52,12 @@ class Bar:
         if self._rich is not None:
             text = " ".join(f"{k}={v:.4g}" for k, v in info.items())
             self._rich.update(self._task, advance=n, info=text)
+        elif self._plain.enabled:
+            done = self._plain.done + n
+            if done >= self.total and self._plain._last == self._t0:
+                self._plain.done = done  # a short stage ends silently: its caller prints its own summary
+            else:
+                self._plain.update(done)
 
     def __exit__(self, *exc) -> None:
         if self._rich is not None:

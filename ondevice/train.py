@@ -222,8 +222,10 @@ class TeacherOutputs:
             self.reason = f"cache would need {need_mb:.0f} MB > distill.cache_budget_mb={budget_mb}"
             return
         preds, tks, fts, widths = [], [], {k: [] for k in self.layers}, []
-        with torch.no_grad():
-            for idx in torch.arange(n).split(batch_size):
+        chunks = torch.arange(n).split(batch_size)
+        # minutes for a transformer teacher on many samples: progress lines in logs too (ondevice.progress)
+        with torch.no_grad(), progress_bar(len(chunks), f"teacher outputs for {n} training samples") as bar:
+            for idx in chunks:
                 inputs, _ = get_batch(split, idx, self.device)
                 widths.append(_seq_len(inputs))
                 p, f, tk = self._forward(inputs)
@@ -231,6 +233,7 @@ class TeacherOutputs:
                 tks.append(tk)
                 for k in self.layers:
                     fts[k].append(f[k])
+                bar.advance(1)
         self.seq_len = max((w for w in widths if w), default=None)
         self.pred = _cat_padded(preds, widths, self.seq_len) if preds[0] is not None else None
         self.topk = _cat_padded(tks, widths, self.seq_len) if tks[0] is not None else None

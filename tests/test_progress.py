@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from ondevice.bench.latency import StopRule, VariantProgress, rounds_done
-from ondevice.progress import Ticker, progress_line
+from ondevice.progress import Bar, Ticker, progress_bar, progress_line
 
 
 @pytest.fixture
@@ -44,6 +44,21 @@ def test_ticker_rate_limits_but_keeps_the_first_and_last(plain, capsys):
         t.tick()
     lines = capsys.readouterr().err.splitlines()
     assert [ln.split(":")[0] for ln in lines] == ["[job] 1 of 50", "[job] 50 of 50"]
+
+
+def test_a_training_bar_prints_plain_lines_in_a_log_once_the_stage_is_long(plain, capsys, monkeypatch):
+    """A MiniLM training epoch ran 10 minutes with nothing in the log: off a terminal the bar prints a plain line at
+    most every PLAIN_EVERY_S, and its last; a stage shorter than that prints nothing (its caller's summary says it)."""
+    with progress_bar(20, "distill epoch 1/2") as bar:
+        for _ in range(20):
+            bar.advance(1)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(Bar, "PLAIN_EVERY_S", 0.0)
+    with progress_bar(3, "distill epoch 1/2") as bar:
+        for _ in range(3):
+            bar.advance(1, loss=0.5)
+    lines = [ln.split(":")[0] for ln in capsys.readouterr().err.splitlines()]
+    assert lines == ["[distill epoch 1/2] 1 of 3", "[distill epoch 1/2] 2 of 3", "[distill epoch 1/2] 3 of 3"]
 
 
 def test_ticker_is_silent_on_a_terminal_for_one_item_and_when_turned_off(plain, capsys, monkeypatch):
