@@ -176,6 +176,9 @@ def main(argv=None) -> int:
                                          f"train.epochs={m['epochs']}", f"seeds={_student_seeds(state, m)}",
                                          "distill.baseline=false"], a.threads)
         atomic_write_json(state_path, state)
+    if "more_steps" in steps:  # the control: the transfer-set student takes this many more optimizer steps
+        state["more_steps"] = more_steps(m, base, fixed, a.threads)
+        atomic_write_json(state_path, state)
     if "longer_teacher" in steps:  # a teacher trained twice as long, and seed-0 students from it (in teacher_runs)
         run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
                     [*_data(m), *teacher, f"teacher.train.epochs={2 * m['teacher_epochs']}",
@@ -214,6 +217,19 @@ ABLATION = {
 
 
 ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
+
+
+def more_steps(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
+    """Seed 0's hard-label 3-layer student trained for as many optimizer steps as the transfer-set student took
+    (epochs x (labelled + transfer) / labelled): does the transfer set win by its data or by its longer schedule?"""
+    factor = (m["limit_train"] + m["transfer_samples"]) / m["limit_train"]
+    epochs = round(m["epochs"] * factor)
+    res = run_distill("minilm_wordnet.toml", base / f"hard-e{epochs}",
+                      [*_data(m), *fixed, 'distill.losses=[{name = "ce", weight = 1.0}]', f"train.epochs={epochs}",
+                       "distill.baseline=false"], threads)
+    st = res["student"]
+    return {"seed": 0, "epochs": epochs, "steps_factor": factor, "test_errors": st["test_errors"],
+            "test_acc": st["test_acc"], "best_epoch": st.get("best_epoch"), "seconds": res["seconds_total"]}
 
 
 def _student_seeds(state: dict, m: dict) -> list[int]:
@@ -315,6 +331,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
                               "3 layers, distilled on the labelled glosses (no transfer set)"),
         "transfer_samples": tr and tr["transfer_samples"], "transfer_minutes": tr and tr["minutes"],
         "no_transfer": _seed_block(s, acc) if tr else None,
+        "more_steps_control": state.get("more_steps"),
         "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
         "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
             "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
@@ -378,6 +395,10 @@ def markdown(r: dict) -> str:
         if r.get("no_transfer"):
             lines += [f"Without the transfer set: gain {_f(r['no_transfer']['gain_errors_mean'], '+.1f')}, CI "
                       f"{r['no_transfer']['gain_ci95']}."]
+        c = r.get("more_steps_control")
+        if c:
+            lines += [f"Control: the seed-{c['seed']} hard-label student trained {c['epochs']} epochs (as many steps "
+                      f"as the transfer-set student) makes {c['test_errors']} errors."]
         lines += [""]
     if r.get("ablation"):
         lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]

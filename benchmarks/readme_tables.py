@@ -449,6 +449,14 @@ def minilm_seeds_section(results: Path) -> str:
                 + (f" (CI [{c[0]:+.1f}, {c[1]:+.1f}])" if c else "")
                 + (": the win comes from the teacher's outputs on glosses the labels do not cover" if won else "")
                 + ".")
+    c = r.get("more_steps_control")
+    if c:
+        base0 = next((p["baseline_errors"] for p in seeds if p["seed"] == c["seed"]), None)
+        dist0 = next((p["student_errors"] for p in seeds if p["seed"] == c["seed"]), None)
+        out += (f" Control for the longer schedule: the seed-{c['seed']} hard-label student trained {c['epochs']} "
+                f"epochs instead of {round(c['epochs'] / c['steps_factor'])} (as many "
+                f"optimizer steps as the transfer-set student) makes {c['test_errors']} errors, against {base0} in "
+                f"the shorter schedule and {dist0} distilled.")
     return out
 
 

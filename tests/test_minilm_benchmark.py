@@ -92,7 +92,9 @@ def test_the_transfer_set_student_is_the_headline_paired_by_seed_with_the_hard_l
                 "gain_errors_mean": -10.0, "gain_ci95": [-10.0, -10.0]}
     transfer = {"transfer_samples": 18000, "split_sizes": {"train": 6000}, "seconds_total": 600.0,
                 "per_seed": [{"seed": s, "student_errors": e} for s, e in ((0, 400), (1, 420), (2, 430))]}
-    r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], {"students": students, "transfer": transfer})
+    control = {"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": 437}
+    r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], {"students": students, "transfer": transfer,
+                                                                         "more_steps": control})
     assert [(p["seed"], p["student_errors"], p["baseline_errors"], p["gain"]) for p in r["per_seed"]] == [
         (0, 400, 440, 40), (1, 420, 450, 30), (2, 430, 445, 15)]
     assert r["distilled_accuracy"] == pytest.approx(1 - 1250 / 3000) and r["hard_label_accuracy"] == pytest.approx(
@@ -104,6 +106,7 @@ def test_the_transfer_set_student_is_the_headline_paired_by_seed_with_the_hard_l
         1 - 1365 / 3000)
     md = minilm_wordnet.markdown(r)
     assert "| 0 | 400 | 440 | +40 | 450 |" in md and "Without the transfer set: gain -10.0" in md
+    assert r["more_steps_control"] == control and "trained 8 epochs (as many steps as the transfer-set student) makes 437" in md
 
 
 def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):

@@ -169,12 +169,16 @@ def test_the_minilm_seeds_sentence_names_the_distilled_student_and_sets_the_no_t
     res = _minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=63.0, gain_ci95=[53.0, 73.0],
                   distilled_student="3 layers, distilled with a transfer set",
                   no_transfer={"per_seed": [{"seed": 0, "student_errors": 571}, {"seed": 1, "student_errors": 585}],
-                               "gain_errors_mean": -19.5, "gain_ci95": [-32.0, -7.0]})
+                               "gain_errors_mean": -19.5, "gain_ci95": [-32.0, -7.0]},
+                  more_steps_control={"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": 560})
     text = rt.minilm_seeds_section(res)
+    assert ("the seed-0 hard-label student trained 8 epochs instead of 2 (as many optimizer steps as the transfer-set "
+            "student) makes 560 errors, against 564 in the shorter schedule and 491 distilled") in text
     assert "distilled: 3 layers, distilled with a transfer set): seed 0: 491 vs 564 (+73)" in text
     assert "CI [+53.0, +73.0]" in text
     assert ("without the transfer set: seed 0: 571, seed 1: 585 errors, gain -19.5 (CI [-32.0, -7.0]): the win comes "
             "from the teacher's outputs") in text
     lost = rt.minilm_seeds_section(_minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=-5.0,
-                                           gain_ci95=[-9.0, 2.0], no_transfer={"per_seed": [], "gain_ci95": None}))
+                                           gain_ci95=[-9.0, 2.0], no_transfer={"per_seed": [], "gain_ci95": None},
+                                           more_steps_control=None))
     assert "the win comes" not in lost and "without the transfer set" not in lost
