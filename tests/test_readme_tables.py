@@ -182,3 +182,16 @@ def test_the_minilm_seeds_sentence_names_the_distilled_student_and_sets_the_no_t
                                            gain_ci95=[-9.0, 2.0], no_transfer={"per_seed": [], "gain_ci95": None},
                                            more_steps_control=None))
     assert "the win comes" not in lost and "without the transfer set" not in lost
+
+
+def test_the_single_seed_sentence_lists_only_one_seed_files_each_with_its_reason(copy):
+    res = copy / "results"
+    for name, _ in rt.DISTILL_FILES:  # every file on three seeds: nothing to say
+        d = json.loads((res / name).read_text())
+        (res / name).write_text(json.dumps({**d, "seeds": [0, 1, 2]}))
+    assert rt.single_seed_section(res) == ""
+    quick = json.loads((res / "hinton_mnist_quick.json").read_text())
+    (res / "hinton_mnist_quick.json").write_text(json.dumps({**quick, "seeds": [0]}))
+    text = rt.single_seed_section(res)
+    assert "`hinton_mnist_quick.json`" in text and rt.SINGLE_SEED_WHY["hinton_mnist_quick.json"] in text
+    assert "hinton_mnist_full.json" not in text
