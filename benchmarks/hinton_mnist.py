@@ -38,11 +38,11 @@ MODES = {
         "data.val_fraction=0.0", "seeds=[0, 1, 2]",
         "teacher.train.epochs=150", 'teacher.train.optimizer="sgd"', "teacher.train.lr=0.05",
         "teacher.train.momentum=0.9", "teacher.train.max_norm=3.5", "teacher.train.batch_size=100",
-        "train.epochs=60", 'train.optimizer="sgd"', "train.lr=0.05", "train.momentum=0.9", "train.batch_size=100",
-        # soft targets at T = 20, T^2-scaled, give logit gradients of up to T x (p_teacher - p_student): SGD at this
-        # step size diverged (NaN at step 218 of epoch 1, measured); a norm clip keeps the paper's step size for both
-        # students (the hard-label one rarely reaches it)
-        "train.grad_clip=5.0",
+        # the students take a 5x smaller step than the teacher: soft targets at T = 20, T^2-scaled, give logit
+        # gradients of up to T x (p_teacher - p_student); at lr 0.05 the distilled student diverged (NaN in epoch 1),
+        # and with a norm clip of 5 its loss sat near 3 for 20 epochs and it ended at 214 errors (seed 0, measured).
+        # At lr 0.01 both students converge (15-epoch probe, seed 0: distilled 165, hard-label 178 errors)
+        "train.epochs=60", 'train.optimizer="sgd"', "train.lr=0.01", "train.momentum=0.9", "train.batch_size=100",
         'distill.losses=[{name = "kd", weight = 1.0, temperature = 20.0}]',
     ],
 }
