@@ -82,7 +82,8 @@ def summary(res: dict, mode: str, overrides: list[str], seeds: list[int], epochs
         "teacher_outputs": res["teacher_outputs"],
         "paper": PAPER, "goal": GOAL,
         "overrides": overrides,
-        "seconds_total": res["seconds_total"],
+        "seconds_total": res["seconds_total"],  # the last process only (a resumed run)
+        "seconds_training": res.get("seconds_training"),  # every training epoch, resumed or not
         "measured_on": res["measured_on"],
     }
     return out

@@ -383,7 +383,9 @@ def _results(run: Run, teacher, teacher_test: dict, teacher_phase, seeds: list[S
     if len(seeds) > 1 or r.seeds:
         res.update(_seed_summary(seeds, teacher_test))
     res["compression"] = res["teacher"]["params"] / max(1, res["student"]["params"])
-    res["seconds_total"] = time.perf_counter() - run.t_start
+    res["seconds_total"] = time.perf_counter() - run.t_start  # this process only
+    # the training epochs' own times, from the checkpointed history: a killed and resumed run counts them all
+    res["seconds_training"] = sum(rec["seconds"] for h in _histories(seeds, teacher_phase) for rec in h)
     return res
 
 
@@ -412,6 +414,14 @@ def _to(tree, device):
     return tree_to(tree, device)
 
 
+def _histories(seeds: list[SeedRun], teacher_phase) -> list[list[dict]]:
+    """Every phase's per-epoch records (restored from the checkpoints on a resume), teacher first."""
+    hist = [teacher_phase.history] if teacher_phase else []
+    for s in seeds:
+        hist += [s.phase.history] + ([s.base_phase.history] if s.base_phase else [])
+    return hist
+
+
 def _write(run: Run, results: dict, seeds: list[SeedRun], teacher_phase) -> None:
     if not run.di.is_main:
         return
@@ -424,10 +434,7 @@ def _write(run: Run, results: dict, seeds: list[SeedRun], teacher_phase) -> None
         _save_state(out / "seeds" / str(s.seed) / "student.pt", s.student)
         if s.baseline is not None:
             _save_state(out / "seeds" / str(s.seed) / "baseline.pt", s.baseline)
-    hist = ([teacher_phase.history] if teacher_phase else [])
-    for s in seeds:
-        hist += [s.phase.history] + ([s.base_phase.history] if s.base_phase else [])
-    write_metrics(out / "metrics.jsonl", hist)
+    write_metrics(out / "metrics.jsonl", _histories(seeds, teacher_phase))
     atomic_write_json(out / "results.json", results)
     status(f"wrote {out}/student.pt, results.json, metrics.jsonl")
 

@@ -130,6 +130,12 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     assert "resuming from" in p.stderr and "after epoch 2/3" in p.stderr
     assert states_equal(tmp_path / "a" / "student.pt", tmp_path / "b" / "student.pt")
     assert states_equal(tmp_path / "a" / "baseline.pt", tmp_path / "b" / "baseline.pt")
+    # the training time counts the epochs trained before the kill too (seconds_total counts only the last process)
+    records = [json.loads(l) for l in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r["phase"] == "distill"] == [1, 2, 3]
+    res = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert res["seconds_training"] == pytest.approx(sum(r["seconds"] for r in records))
+    assert all(r["seconds"] > 0 for r in records)
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
