@@ -188,7 +188,7 @@ def single_seed_section(results: Path) -> str:
 
 # Why a one-seed row is still one seed (a fact about the schedule or CPU time, stated where the table is).
 SINGLE_SEED_WHY = {
-    "hinton_mnist_quick.json": ("Hinton quick mode is a few-minute schedule (12 + 6 epochs) kept as a smoke run; "
+    "hinton_mnist_quick.json": ("Hinton quick mode is a few-minute schedule (12 + 6 epochs), a smoke run; "
                                 "full mode is the measurement."),
     "hinton_mnist_full.json": ("Three seeds of the Hinton paper regime (150 teacher epochs with jitter and dropout on "
                                "all 60,000 images, then 60 epochs of the 800-800 student, distilled and hard-label, per "
