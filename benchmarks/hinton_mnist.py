@@ -23,9 +23,9 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from ondevice.config import load_recipe  # noqa: E402
-from ondevice.distill import distill  # noqa: E402
+from ondevice.distill import distill, finished_results  # noqa: E402
 from ondevice.errors import OutputDirError  # noqa: E402
-from ondevice.io import atomic_write_json, atomic_write_text, read_json  # noqa: E402
+from ondevice.io import atomic_write_json, atomic_write_text  # noqa: E402
 
 PAPER = {"teacher_errors": 67, "student_errors": 146, "distilled_errors": 74, "temperature": 20,
          "gap_closed": (146 - 74) / (146 - 67)}
@@ -103,16 +103,13 @@ def markdown(r: dict) -> str:
             f"{'n/a' if gc is None else f'{gc:.0%}'} |\n")
 
 
-def finished_results(recipe) -> dict:
-    """The results.json of a finished run of exactly this recipe (its training time kept as measured)."""
-    out = Path(recipe.output_dir)
-    if not (out / "results.json").exists():
-        raise OutputDirError(f"--summarize: {out} holds no finished run (no results.json); run without --summarize "
-                             f"first")
-    if read_json(out / "recipe.resolved.json") != recipe.to_dict():
-        raise OutputDirError(f"--summarize: {out} was run with another recipe than this mode's; run without --summarize "
-                         f"to train this one")
-    return read_json(out / "results.json")
+def summarized(recipe) -> dict:
+    """--summarize: the results of the finished run of exactly this recipe (its training time kept as measured)."""
+    res = finished_results(recipe)
+    if res is None:
+        raise OutputDirError(f"--summarize: {recipe.output_dir} holds no finished run of this mode's recipe (no "
+                             f"results.json, or one trained with another recipe); run without --summarize to train it")
+    return res
 
 
 def main(argv=None) -> int:
@@ -128,7 +125,7 @@ def main(argv=None) -> int:
     out_dir = a.out_dir or f"runs/hinton-mnist-{a.mode}"
     overrides = [*MODES[a.mode], f'output_dir="{out_dir}"', f"threads={a.threads}", *a.extra]
     recipe = load_recipe(HERE.parent / "examples" / "hinton_mnist.toml", overrides)
-    res = finished_results(recipe) if a.summarize else distill(recipe).results
+    res = summarized(recipe) if a.summarize else distill(recipe).results
     teacher_train = recipe.teacher.train  # None with given teacher weights (teacher.train = null)
     epochs = {"teacher": teacher_train.epochs if teacher_train else None, "student": recipe.train.epochs}
     result = summary(res, a.mode, overrides, recipe.student_seeds, epochs)

@@ -78,12 +78,10 @@ def _data(m: dict, limit_train: int | str | None = None) -> list[str]:
 
 def run_distill(recipe: str, out: Path, overrides: list[str], threads: int) -> dict:
     """`ondevice distill` of `recipe` into `out` (resumes from its checkpoints; a finished run is reused)."""
-    from ondevice.distill import distill
+    from ondevice.distill import distill, finished_results
 
     r = load_recipe(ROOT / "examples" / recipe, [*overrides, f'output_dir="{out}"', f"threads={threads}"])
-    if (out / "results.json").exists() and read_json(out / "recipe.resolved.json") == r.to_dict():
-        return read_json(out / "results.json")
-    return distill(r, explicit_output=True).results
+    return finished_results(r) or distill(r, explicit_output=True).results
 
 
 # (name, trainable encoder layers, teacher.train overrides): a head alone takes a large step size; layers being

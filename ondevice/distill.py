@@ -439,6 +439,14 @@ def _write(run: Run, results: dict, seeds: list[SeedRun], teacher_phase) -> None
     status(f"wrote {out}/student.pt, results.json, metrics.jsonl")
 
 
+def finished_results(recipe: Recipe) -> dict | None:
+    """The results.json of a finished run of exactly this recipe in its output folder, else None (nothing trains)."""
+    out = Path(recipe.output_dir)
+    if not (out / "results.json").exists() or not (out / "recipe.resolved.json").exists():
+        return None
+    return read_json(out / "results.json") if read_json(out / "recipe.resolved.json") == recipe.to_dict() else None
+
+
 # ------------------------------------------------------------------------------------------------ the verb
 def distill(recipe: Recipe, *, resume: bool = True, fresh: bool = False, force: bool = False,
             explicit_output: bool = False) -> DistillResult:

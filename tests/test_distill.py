@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ondevice.config import load_recipe
-from ondevice.distill import distill, load_student, teacher_fit_note
+from ondevice.distill import distill, finished_results, load_student, teacher_fit_note
 from ondevice.errors import CheckpointError, TrainingDivergedError
 
 from helpers import cli, digits_recipe
@@ -136,6 +136,10 @@ def test_kill_and_resume_gives_the_same_weights(tmp_path):
     res = json.loads((tmp_path / "b" / "results.json").read_text())
     assert res["seconds_training"] == pytest.approx(sum(r["seconds"] for r in records))
     assert all(r["seconds"] > 0 for r in records)
+    # a finished run is found again only for exactly its recipe (benchmarks reuse it instead of training)
+    assert finished_results(load_recipe(killed)) == res
+    assert finished_results(load_recipe(killed, ["train.epochs=4"])) is None
+    assert finished_results(load_recipe(killed, [f'output_dir="{tmp_path / "never"}"'])) is None
 
 
 def test_corrupted_checkpoint_is_a_clear_error(tmp_path):

@@ -22,7 +22,8 @@ def test_an_overridden_run_keeps_the_committed_result_file_and_records_its_epoch
     args = ["--mode", "quick", "--out-dir", str(tmp_path / "run"), "--threads", "1",
             "--set", "data.limit_train=300", "--set", "data.limit_val=100", "--set", "data.limit_test=200",
             "--set", "teacher.train.epochs=1", "--set", "train.epochs=1", "--set", "seeds=[0, 1]"]
-    with pytest.raises(OutputDirError, match="holds no finished run .*run without --summarize first"):
+    with pytest.raises(OutputDirError,
+                       match=r"holds no finished run of this mode's recipe \(no results.json.*run without --summarize"):
         hm.main([*args, "--summarize"])
     assert hm.main(args) == 0
     assert committed.read_bytes() == before
@@ -38,5 +39,5 @@ def test_an_overridden_run_keeps_the_committed_result_file_and_records_its_epoch
     assert hm.main([*args, "--summarize"]) == 0
     assert (tmp_path / "run" / "hinton_mnist_quick.json").read_text() == first
     # ... and refuses a run folder trained with another recipe
-    with pytest.raises(OutputDirError, match="was run with another recipe than this mode's"):
+    with pytest.raises(OutputDirError, match="holds no finished run of this mode's recipe"):
         hm.main([*args, "--set", "train.epochs=2", "--summarize"])
