@@ -134,61 +134,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="quick")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--steps", default="choice,students,two_layer,ablation,kd_sweep,embed,export",
-                    help="comma-separated subset of the steps to run (the others are read from earlier runs)")
+    ap.add_argument("--steps", default=",".join(s for s in STEPS if s != "longer_teacher"),
+                    help="comma-separated subset of the steps to run (the others are read from the state file); two "
+                         "processes may run disjoint steps at once, each merging its results into the state file")
     ap.add_argument("--seeds", default=None,
                     help="comma-separated student seeds, overriding the mode's (quick: 0; full: 0,1,2)")
     a = ap.parse_args(argv)
     m = MODES[a.mode] if a.seeds is None else {**MODES[a.mode], "seeds": [int(x) for x in a.seeds.split(",")]}
     base = ROOT / "runs" / f"minilm-{a.mode}"
-    steps = set(a.steps.split(","))
+    steps = set(filter(None, a.steps.split(",")))
+    unknown = steps - set(STEPS)
+    if unknown:
+        ap.error(f"unknown step(s) {sorted(unknown)}; expected a subset of {', '.join(STEPS)}")
     state_path = base / "state.json"
-    state = read_json(state_path) if state_path.exists() else {}
-    if "choice" in steps:
-        state["teacher_choice"] = teacher_choice(m, base, a.threads)
-        atomic_write_json(state_path, state)
-    choice = state.get("teacher_choice") or {}
-    teacher = [f"teacher.kwargs.trainable_layers={choice.get('trainable_layers', 0)}",
-               *choice.get("teacher_train", []), f"teacher.train.epochs={m['teacher_epochs']}"]
-    if "students" in steps:
-        state["students"] = run_distill("minilm_wordnet.toml", base / "students",
-                                        [*_data(m), *teacher, f"train.epochs={m['epochs']}",
-                                         f"seeds={m['seeds']}"], a.threads)
-        atomic_write_json(state_path, state)
-    teacher_pt = base / "students" / "teacher.pt"
-    fixed = [f'teacher.weights="{teacher_pt}"', "teacher.train=null"] if teacher_pt.exists() else teacher
-    if "two_layer" in steps:
-        state["two_layer"] = run_distill("minilm_wordnet.toml", base / "two_layer",
-                                         [*_data(m), *fixed, "student.kwargs.layers=2", f"train.epochs={m['epochs']}",
-                                          "distill.baseline=false"], a.threads)
-        atomic_write_json(state_path, state)
-    if "ablation" in steps:
-        state["ablation"] = ablation(m, base, fixed, a.threads)
-        atomic_write_json(state_path, state)
-    if "kd_sweep" in steps:
-        state["kd_sweep"] = kd_sweep(m, base, fixed, a.threads)
-        atomic_write_json(state_path, state)
-    if "transfer" in steps:
-        state["transfer"] = run_distill("minilm_wordnet.toml", base / "transfer",
-                                        [*_data(m), *fixed, f"distill.transfer_samples={m['transfer_samples']}",
-                                         f"train.epochs={m['epochs']}", f"seeds={_student_seeds(state, m)}",
-                                         "distill.baseline=false"], a.threads)
-        atomic_write_json(state_path, state)
-    if "more_steps" in steps:  # the control: the transfer-set student takes this many more optimizer steps
-        state["more_steps"] = more_steps(m, base, fixed, a.threads)
-        atomic_write_json(state_path, state)
-    if "longer_teacher" in steps:  # a teacher trained twice as long, and seed-0 students from it (in teacher_runs)
-        run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
-                    [*_data(m), *teacher, f"teacher.train.epochs={2 * m['teacher_epochs']}",
-                     f"train.epochs={m['epochs']}"], a.threads)
-    if "embed" in steps:
-        state["embed"] = run_distill("minilm_embed.toml", base / "embed", _embed(m), a.threads)
-        atomic_write_json(state_path, state)
-    if "export" in steps:
-        from minilm_export import export_and_bench  # noqa: E402  (benchmarks/minilm_export.py)
-
-        state["export"] = export_and_bench(base, state, m, a.threads)
-        atomic_write_json(state_path, state)
+    for step in STEPS:  # in dependency order; each step's result is merged into the state file as it finishes
+        if step in steps:
+            state = load_state(state_path)
+            key, run = STEPS[step]
+            value = run(m, base, state, a.threads)
+            if key:
+                record(state_path, key, value)
+    state = load_state(state_path)
     runs = {p.name: outcome(p) for p in sorted(base.glob("students*"))}
     state["teacher_runs"] = {name: o for name, o in runs.items() if o is not None}
     result = assemble(a.mode, m, state)
@@ -197,6 +163,76 @@ def main(argv=None) -> int:
     atomic_write_text(out.with_suffix(".md"), markdown(result))
     print(markdown(result))
     return 0
+
+
+def load_state(path: Path) -> dict:
+    return read_json(path) if path.exists() else {}
+
+
+def record(path: Path, key: str, value) -> dict:
+    """Merge one step's result into the state file under a lock: two processes may run disjoint steps at once (on
+    2 cores, one thread each) and neither loses the other's results."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = {**load_state(path), key: value}
+        atomic_write_json(path, state)
+    return state
+
+
+def _teacher(m: dict, state: dict) -> list[str]:
+    """The teacher's overrides as the choice step chose them (trainable layers, step size, batch) and the mode's
+    epochs."""
+    choice = state.get("teacher_choice") or {}
+    return [f"teacher.kwargs.trainable_layers={choice.get('trainable_layers', 0)}",
+            *choice.get("teacher_train", []), f"teacher.train.epochs={m['teacher_epochs']}"]
+
+
+def _fixed(m: dict, base: Path, state: dict) -> list[str]:
+    """The students step's trained teacher, once it is written (else the teacher's training overrides)."""
+    teacher_pt = base / "students" / "teacher.pt"
+    return [f'teacher.weights="{teacher_pt}"', "teacher.train=null"] if teacher_pt.exists() else _teacher(m, state)
+
+
+def students(m: dict, base: Path, state: dict, threads: int) -> dict:
+    """The teacher, then per seed the distilled 3-layer student and the hard-label one from the same init."""
+    return run_distill("minilm_wordnet.toml", base / "students",
+                       [*_data(m), *_teacher(m, state), f"train.epochs={m['epochs']}", f"seeds={m['seeds']}"],
+                       threads)
+
+
+def two_layer(m: dict, base: Path, state: dict, threads: int) -> dict:
+    return run_distill("minilm_wordnet.toml", base / "two_layer",
+                       [*_data(m), *_fixed(m, base, state), "student.kwargs.layers=2", f"train.epochs={m['epochs']}",
+                        "distill.baseline=false"], threads)
+
+
+def transfer(m: dict, base: Path, state: dict, threads: int) -> dict:
+    """Distilled 3-layer students that also see a transfer set of glosses without their labels (teacher outputs
+    only), per seed of the students step."""
+    return run_distill("minilm_wordnet.toml", base / "transfer",
+                       [*_data(m), *_fixed(m, base, state), f"distill.transfer_samples={m['transfer_samples']}",
+                        f"train.epochs={m['epochs']}", f"seeds={_student_seeds(state, m)}", "distill.baseline=false"],
+                       threads)
+
+
+def longer_teacher(m: dict, base: Path, state: dict, threads: int) -> None:
+    """A teacher trained twice as long, and seed-0 students from it (reported in teacher_runs)."""
+    run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
+                [*_data(m), *_teacher(m, state), f"teacher.train.epochs={2 * m['teacher_epochs']}",
+                 f"train.epochs={m['epochs']}"], threads)
+
+
+def embed(m: dict, base: Path, state: dict, threads: int) -> dict:
+    return run_distill("minilm_embed.toml", base / "embed", _embed(m), threads)
+
+
+def export(m: dict, base: Path, state: dict, threads: int) -> dict:
+    from minilm_export import export_and_bench  # noqa: E402  (benchmarks/minilm_export.py)
+
+    return export_and_bench(base, state, m, threads)
 
 
 ABLATION = {
@@ -428,6 +464,23 @@ def markdown(r: dict) -> str:
                   f"@10 {_f(r['embed_agreement_at10'])}. int8: size ratio max {_f(r['int8_size_ratio_max'], '.3f')},"
                   f" accuracy drop max {_f(r['int8_accuracy_drop_max'], '.2f')} points."]
     return "\n".join(lines) + "\n"
+
+
+# step name -> (its key in runs/minilm-<mode>/state.json, what runs it), in dependency order: the choice sets the
+# teacher, the students step trains it, the later steps reuse its teacher.pt and pair with its hard-label students
+STEPS = {
+    "choice": ("teacher_choice", lambda m, base, state, threads: teacher_choice(m, base, threads)),
+    "students": ("students", students),
+    "two_layer": ("two_layer", two_layer),
+    "ablation": ("ablation", lambda m, base, state, threads: ablation(m, base, _fixed(m, base, state), threads)),
+    "kd_sweep": ("kd_sweep", lambda m, base, state, threads: kd_sweep(m, base, _fixed(m, base, state), threads)),
+    "transfer": ("transfer", transfer),
+    "more_steps": ("more_steps", lambda m, base, state, threads: more_steps(m, base, _fixed(m, base, state),
+                                                                            threads)),
+    "longer_teacher": (None, longer_teacher),
+    "embed": ("embed", embed),
+    "export": ("export", export),
+}
 
 
 if __name__ == "__main__":

@@ -131,3 +131,23 @@ def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_fi
     with open(tmp_path / "artifacts" / "onnxruntime" / "student_3_fp16.onnx", "ab") as f:
         f.write(b"\0")  # the file changed since it was verified
     assert minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 24) is None
+
+
+def test_two_processes_record_disjoint_steps_without_losing_either(tmp_path):
+    """Each step's result is merged into the state file as it finishes: a process that read the state before another
+    one recorded a step does not erase that step when it records its own."""
+    path = tmp_path / "state.json"
+    minilm_wordnet.record(path, "students", {"seeds": [0]})
+    stale = minilm_wordnet.load_state(path)  # process B read the state here ...
+    minilm_wordnet.record(path, "transfer", {"transfer_samples": 10})  # ... process A recorded a step ...
+    assert "transfer" not in stale
+    minilm_wordnet.record(path, "embed", {"student": {}})  # ... and B records its own: A's step survives
+    assert minilm_wordnet.load_state(path) == {"students": {"seeds": [0]}, "transfer": {"transfer_samples": 10},
+                                               "embed": {"student": {}}}
+
+
+def test_unknown_step_is_refused_with_the_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        minilm_wordnet.main(["--steps", "students,trasnfer"])
+    err = capsys.readouterr().err
+    assert "unknown step(s) ['trasnfer']" in err and "choice, students, two_layer" in err
