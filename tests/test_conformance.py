@@ -73,12 +73,8 @@ EXPECTED_FAILURES: dict[tuple[str, str, str], tuple[str, str]] = {
         what="a 16-entry palette per tensor", numbers="SQNR of the 'ink' regression head 2.6 dB")),
     ("coreml", "prune50", "two_in_two_out"): (r"SQNR of 'ink' \d+\.\d+ dB < 10 dB", _NARROW.format(
         what="50% magnitude pruning", numbers="SQNR of the 'ink' regression head 8.7 dB")),
-    ("onnxruntime", "int8_static", "token_encoder"): (r"SQNR \d+\.\d+ dB < 20 dB", _STATIC_ATTENTION.format(
-        numbers="SQNR 4.0 dB, top-1 agreement 0.46 (QDQ, min-max calibration)")),
     ("executorch", "int8_static", "causal_lm"): (r"next_token_agreement 0\.\d+ < 0\.95", _STATIC_ATTENTION.format(
         numbers="SQNR 18.4 dB, next-token agreement 0.52, KL 0.17 nats/token")),
-    ("onnxruntime", "int8_static", "causal_lm"): (r"next_token_agreement 0\.\d+ < 0\.95", _STATIC_ATTENTION.format(
-        numbers="SQNR 18.3 dB, next-token agreement 0.52, KL 0.17 nats/token")),
     ("onnxruntime", "int8_dynamic", "two_in_two_out"): (r"SQNR of 'ink' \d+\.\d+ dB < 20 dB", _SMALL_HEAD.format(
         numbers="14.2 dB")),
     ("onnxruntime", "int8_static", "two_in_two_out"): (r"SQNR of 'ink' \d+\.\d+ dB < 20 dB", _SMALL_HEAD.format(
@@ -91,11 +87,19 @@ EXPECTED_FAILURES: dict[tuple[str, str, str], tuple[str, str]] = {
     ("tflite", "int8_static", "causal_lm"): (r"next_token_agreement 0\.9\d+ < 0\.95", (
         "measured next-token agreement 0.938 against the 0.95 floor while KL is 0.0011 nats/token and SQNR 39 dB: "
         "near-ties of a barely trained byte LM flip under int8 activations")),
+    ("onnxruntime", "int8_static", "causal_lm"): (r"next_token_agreement 0\.9\d+ < 0\.95", (
+        "measured next-token agreement 0.946 against the 0.95 floor while KL is 0.0011 nats/token and SQNR 39 dB "
+        "(LayerNormalization float since the static int8 rework; every op QDQ gave 18 dB and agreement 0.52): "
+        "near-ties of a barely trained byte LM flip under int8 activations")),
+    ("tflite", "int8_static", "token_encoder"): (r"top1_agreement 0\.9\d+ < 0\.98", (
+        "measured on an Intel Xeon with AVX-512 VNNI and AMX: top-1 agreement 0.977 on 128 samples against the 0.98 "
+        "floor (3 samples instead of 2) at SQNR 37.6 dB, accuracy unchanged (0.422); verified on AMD EPYC")),
     ("onnxruntime", "int8_static", "lstm_stream"): (r"top1_agreement of 'logits' 0\.9\d+ < 0\.98", (
         "measured top-1 agreement 0.977 on 128 samples against the 0.98 floor (3 samples instead of 2) at SQNR 36 dB")),
 }
 # Entries whose outcome depends on the CPU's int8 kernels: xfail without strict, so a pass elsewhere is not a failure.
 VARIES_BY_CPU = {("onnxruntime", "int8_dynamic", "causal_lm"), ("tflite", "int8_static", "causal_lm"),
+                 ("onnxruntime", "int8_static", "causal_lm"), ("tflite", "int8_static", "token_encoder"),
                  ("onnxruntime", "int8_static", "lstm_stream"), ("onnxruntime", "int8_dynamic", "two_in_two_out"),
                  ("onnxruntime", "int8_static", "two_in_two_out")}
 

@@ -224,7 +224,7 @@ def test_int8_of_a_hugging_face_bert_stores_the_embedding_table_as_uint8_rows(tm
 
 
 def test_outlier_nodes_are_the_ops_whose_calibrated_input_has_outliers():
-    """OUTLIER_RATIO: max|x| over the 99th percentile of |x|. One of 256 channels of the second layer's input is
+    """ondevice.outliers (OUTLIER_RATIO): max|x| over the 99th percentile of |x|. One of 256 channels of the second layer's input is
     1,000x the others (a transformer's FFN down-projection input looks like this); the first layer's input is plain
     data."""
     from ondevice.targets.executorch.target import capture, outlier_nodes

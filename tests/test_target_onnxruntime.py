@@ -151,3 +151,43 @@ def test_int8_export_to_a_relative_path(mlp, tmp_path, monkeypatch, precision):
     assert art.status == "verified", art.error
     written = Path(art.path).resolve()
     assert written.exists() and written.parent == (tmp_path / "runs" / "x").resolve()
+
+
+def test_int8_static_keeps_layernorm_float_and_quantizes_outlier_inputs_at_run_time(tmp_path):
+    """ondevice.outliers on ONNX Runtime: one of 256 channels of the second MatMul's input is 1,000x the others (a
+    transformer's FFN down-projection input looks like this). That MatMul gets int8 weights with its activation
+    quantized at run time (DynamicQuantizeLinear -> MatMulInteger), the first one stays static QDQ, LayerNormalization
+    keeps float scale and bias, and the artifact's metadata names the dynamic node. (Tokens x features inputs, as in a
+    transformer, export as MatMul; the rule names a 2-D input's Gemm too.)"""
+    from ondevice.targets.onnxruntime.target import outlier_matmuls
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.norm, self.b = nn.Linear(16, 256), nn.LayerNorm(256), nn.Linear(256, 4)
+
+        def forward(self, x):
+            h = self.norm(self.a(x))
+            return self.b(h * torch.cat([torch.full((1,), 1000.0), torch.ones(255)]))
+
+    torch.manual_seed(0)
+    model, x = Net().eval(), torch.randn(96, 4, 16).numpy()  # (N, tokens, features)
+    art = export(model, TARGET, "int8_static", out=tmp_path / "m", calibration=x[:64], verify_data=(x[64:], None),
+                 thresholds={"min_sqnr_db": 20.0, "min_top1_agreement": 0.0})
+    assert art.status == "verified", art.error
+    graph = onnx.load(str(art.path)).graph
+    ops = art.inspect["ops"]
+    assert ops["DynamicQuantizeLinear"] == 1 and ops["MatMulInteger"] == 1 and ops["QuantizeLinear"] >= 1
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    norm = next(n for n in graph.node if n.op_type == "LayerNormalization")
+    assert norm.input[1] not in producer and norm.input[2] not in producer  # float initializers, no DequantizeLinear
+    dyn = next(n for n in graph.node if n.op_type == "MatMulInteger")
+    notes = {p.key: p.value for p in onnx.load(str(art.path)).metadata_props}
+    assert notes["ondevice.dynamic_nodes"].startswith("1 weight MatMul/Gemm node(s) whose calibrated input has outliers")
+    # the same rule on the exported float graph names exactly that MatMul
+    fp32 = export(model, TARGET, "fp32", out=tmp_path / "f", calibration=x[:64], verify_data=(x[64:], None))
+    g32 = onnx.load(str(fp32.path)).graph
+    names = [n.name for n in g32.node if n.op_type == "MatMul"]
+    found = outlier_matmuls(Path(fp32.path), tmp_path, {g32.input[0].name: x[:64]}, 32)
+    assert len(names) == 2 and found == [names[1]]
+    assert dyn.name.startswith(names[1])

@@ -9,7 +9,7 @@ Precisions (README.md has what each produces and what was measured here):
                 stays fp32
   int8_static   PT2E with get_symmetric_quantization_config(is_per_channel=True): int8 per-channel weights and int8
                 activations whose ranges come from the real calibration samples (HistogramObserver); adds stay fp32,
-                and a linear / conv whose calibrated input has outliers (OUTLIER_RATIO) quantizes that input at run
+                and a linear / conv whose calibrated input has outliers (ondevice.outliers) quantizes that input at run
                 time instead
   Both int8 precisions store embedding tables as uint8 rows (option embeddings, default "int8"), read by the
   quantized_decomposed::embedding_byte kernel
@@ -91,33 +91,30 @@ def _conversion_error(exc: BaseException | None, stage: str, precision: str, mod
 EMBEDDINGS = ("int8", "fp32")
 
 
-# int8_static: where an op's activation input has its largest calibrated magnitude above OUTLIER_RATIO x its 99th
-# percentile, one int8 scale per tensor cannot hold the outliers and the detail beside them. Such a linear / conv keeps
-# int8 weights with its activation quantized at run time (the int8_dynamic scheme), and adds are not quantized at all.
-# Transformers carry these outliers in the FFN's down-projection input, the residual sums and the additive attention
-# mask (-3.4e38 beside 0); Bondarenko et al. 2021, "Understanding and Overcoming the Challenges of Efficient
-# Transformer Quantization" (EMNLP), keep those in higher precision. Measured on the MiniLM 3-layer student
-# (benchmarks/minilm_wordnet.py, 128 held-out glosses): every op static int8 gave 3.8 dB SQNR, top-1 agreement 0.60;
-# adds left fp32 17.8 dB; with the outlier linears dynamic too, 30.9 dB and 0.984, file 0.26x fp32.
-OUTLIER_RATIO = 10.0
-OUTLIER_SAMPLES = 64  # calibration samples the ratio is measured on
+# int8_static: a linear / conv whose calibrated activation input has outliers (ondevice.outliers: max|x| above
+# OUTLIER_RATIO x its 99th percentile) keeps int8 weights with its activation quantized at run time (the int8_dynamic
+# scheme), and adds are not quantized at all (the residual sums and the additive attention mask, -3.4e38 beside 0).
+# Measured on the MiniLM 3-layer student (benchmarks/minilm_wordnet.py, 128 held-out glosses): every op static int8
+# gave 3.8 dB SQNR, top-1 agreement 0.60; adds left fp32 17.8 dB; with the outlier linears dynamic too, 30.9 dB and
+# 0.984, file 0.26x fp32.
 
 
 def outlier_nodes(gm, chunks) -> set[str]:
     """Names of the linear / conv nodes of the captured graph `gm` whose activation input (measured on the
-    calibration `chunks`) has max|x| > OUTLIER_RATIO x its 99th percentile of |x|."""
+    calibration `chunks`, OUTLIER_SAMPLES of them) has outliers (ondevice.outliers.has_outliers)."""
     import torch
     import torch.fx
 
+    from ondevice.outliers import OUTLIER_SAMPLES, has_outliers, magnitude_stats
+
     watched = {torch.ops.aten.linear.default, torch.ops.aten.conv2d.default, torch.ops.aten.conv1d.default}
-    peak: dict[str, list[torch.Tensor]] = {}
+    stats: dict[str, list[tuple[float, float]]] = {}
 
     class _Probe(torch.fx.Interpreter):
         def run_node(self, n):
             if n.op == "call_function" and n.target in watched and isinstance(n.args[0], torch.fx.Node):
-                x = self.env[n.args[0]].detach().abs().flatten().float()  # the activation input, all of the chunk
-                sample = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:200_000]]
-                peak.setdefault(n.name, []).append(torch.stack([x.max(), torch.quantile(sample, 0.99)]))
+                x = self.env[n.args[0]].detach().float().numpy()  # the activation input, all of the chunk
+                stats.setdefault(n.name, []).append(magnitude_stats(x))
             return super().run_node(n)
 
     seen = 0
@@ -127,12 +124,7 @@ def outlier_nodes(gm, chunks) -> set[str]:
             seen += len(args[0])
             if seen >= OUTLIER_SAMPLES:
                 break
-    out = set()
-    for name, rows in peak.items():
-        mx, p99 = torch.stack(rows).max(0).values.tolist()
-        if mx > OUTLIER_RATIO * max(p99, 1e-12):
-            out.add(name)
-    return out
+    return {name for name, rows in stats.items() if has_outliers(rows)}
 
 
 def int8_quantizer(dynamic: bool, embeddings: str = "int8", keep_fp32: set[str] | None = None):
@@ -140,7 +132,7 @@ def int8_quantizer(dynamic: bool, embeddings: str = "int8", keep_fp32: set[str] 
     an embedding table is often most of a text model's parameters (all-MiniLM-L6-v2: 11.7M of 22.7M), which the
     XNNPACKQuantizer leaves in fp32. Its rows become uint8 with a float scale and zero point per row, gathered by the
     quantized_decomposed::embedding_byte kernel (the runtime must link ExecuTorch's quantized kernels). `keep_fp32`:
-    node names (static only, with the add patterns; see OUTLIER_RATIO) left unquantized."""
+    node names (static only, with the add patterns; see outlier_nodes) left unquantized."""
     if embeddings not in EMBEDDINGS:
         raise ConfigError(f"executorch option embeddings: expected one of {', '.join(EMBEDDINGS)}, got {embeddings!r}")
     from torchao.quantization.pt2e.quantizer.composable_quantizer import ComposableQuantizer
