@@ -106,7 +106,13 @@ def test_the_transfer_set_student_is_the_headline_paired_by_seed_with_the_hard_l
         1 - 1365 / 3000)
     md = minilm_wordnet.markdown(r)
     assert "| 0 | 400 | 440 | +40 | 450 |" in md and "Without the transfer set: gain -10.0" in md
-    assert r["more_steps_control"] == control and "trained 8 epochs (as many steps as the transfer-set student) makes 437" in md
+    assert r["more_steps_control"] == {**control, "distilled_errors": 400, "beats_distilled": False}
+    assert ("trained 8 epochs (as many steps as the transfer-set student) makes 437 errors against the distilled "
+            "student's 400: the distilled student still wins.") in md
+    longer = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], {
+        "students": students, "transfer": transfer, "more_steps": {**control, "test_errors": 390}})
+    assert longer["more_steps_control"]["beats_distilled"] is True
+    assert "the longer schedule, not the teacher, explains the gain." in minilm_wordnet.markdown(longer)
 
 
 def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_files(tmp_path):
