@@ -21,6 +21,10 @@ Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from
 3. the 2-layer student (teacher layers 0 and 5), distilled;
 4. the loss ablation on seed 0: KD + CE, + DistilBERT's cosine hidden-state loss, + MiniLM's attention/value-relation
    loss;
+4b. the KD weight / temperature sweep (seed 0); the transfer set: the 3-layer students distilled on the labelled
+   glosses plus glosses whose labels they never see (teacher outputs only), per seed, paired with the students step's
+   hard-label students; and its control (more_steps): hard-label students trained for as many optimizer steps, per
+   seed, paired with the transfer-set students;
 5. embedding mode (examples/minilm_embed.toml): the 3-layer student trained to reproduce the teacher's pooled
    sentence vectors, judged by cosine and nearest-neighbour agreement@1/@10 on held-out glosses;
 6. export of teacher and students to every target at fp32 / fp16 / int8, verified on held-out glosses, and p50
@@ -257,17 +261,22 @@ ABLATION = {
 ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
 
 
-def more_steps(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
-    """Seed 0's hard-label 3-layer student trained for as many optimizer steps as the transfer-set student took
-    (epochs x (labelled + transfer) / labelled): does the transfer set win by its data or by its longer schedule?"""
+def more_steps(m: dict, base: Path, fixed: list[str], threads: int, seeds: list[int] | None = None) -> dict:
+    """Hard-label 3-layer students trained for as many optimizer steps as the transfer-set student took
+    (epochs x (labelled + transfer) / labelled), one run folder per seed (hard-e<epochs>, then -seed<k>): does the
+    transfer set win by its data or by its longer schedule?"""
     factor = (m["limit_train"] + m["transfer_samples"]) / m["limit_train"]
     epochs = round(m["epochs"] * factor)
-    res = run_distill("minilm_wordnet.toml", base / f"hard-e{epochs}",
-                      [*_data(m), *fixed, 'distill.losses=[{name = "ce", weight = 1.0}]', f"train.epochs={epochs}",
-                       "distill.baseline=false"], threads)
-    st = res["student"]
-    return {"seed": 0, "epochs": epochs, "steps_factor": factor, "test_errors": st["test_errors"],
-            "test_acc": st["test_acc"], "best_epoch": st.get("best_epoch"), "seconds": res["seconds_total"]}
+    rows = []
+    for seed in seeds or [0]:
+        res = run_distill("minilm_wordnet.toml", base / (f"hard-e{epochs}" + (f"-seed{seed}" if seed else "")),
+                          [*_data(m), *fixed, 'distill.losses=[{name = "ce", weight = 1.0}]', f"train.epochs={epochs}",
+                           "distill.baseline=false", *([f"seeds=[{seed}]"] if seed else [])], threads)
+        st = res["student"]
+        rows.append({"seed": seed, "test_errors": st["test_errors"], "test_acc": st["test_acc"],
+                     "best_epoch": st.get("best_epoch"), "seconds": res["seconds_total"]})
+    return {"seeds": [r["seed"] for r in rows], "epochs": epochs, "steps_factor": factor, "per_seed": rows,
+            **{k: rows[0][k] for k in ("seed", "test_errors", "test_acc", "best_epoch", "seconds")}}
 
 
 def _student_seeds(state: dict, m: dict) -> list[int]:
@@ -369,7 +378,8 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
                               "3 layers, distilled on the labelled glosses (no transfer set)"),
         "transfer_samples": tr and tr["transfer_samples"], "transfer_minutes": tr and tr["minutes"],
         "no_transfer": _seed_block(s, acc) if tr else None,
-        "more_steps_control": _control(state.get("more_steps"), per_seed if tr else []),
+        "more_steps_control": _control(state.get("more_steps"), per_seed if tr else [],
+                                       (s.get("teacher") or {}).get("test_errors")),
         "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
         "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
             "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
@@ -391,14 +401,43 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
     }
 
 
-def _control(control: dict | None, per_seed: list[dict]) -> dict | None:
-    """The more_steps control beside the transfer-set student of its seed: `distilled_errors` and whether the
-    hard-label student given as many optimizer steps makes no more errors (`beats_distilled`: then the longer
-    schedule, not the teacher, explains the transfer set's gain)."""
-    d = next((p["student_errors"] for p in per_seed if control and p["seed"] == control["seed"]), None)
-    if control is None or d is None:
+def _control(control: dict | None, per_seed: list[dict], teacher_errors) -> dict | None:
+    """The more_steps control paired, seed by seed, with the transfer-set students (ondevice.stats.summarize_seeds,
+    the control in the hard-label place): `vs_distilled` holds its per-seed rows, the mean gain of the distilled
+    student over the control and its paired bootstrap CI; `beats_distilled` says the control makes no more errors on
+    average (then the longer schedule, not the teacher, explains the transfer set's gain)."""
+    from ondevice.stats import summarize_seeds
+
+    if not control:
         return control
-    return {**control, "distilled_errors": d, "beats_distilled": control["test_errors"] <= d}
+    dist = {p["seed"]: p["student_errors"] for p in per_seed}
+    rows = control.get("per_seed") or [{"seed": control["seed"], "test_errors": control["test_errors"]}]
+    pairs = [{"seed": r["seed"], "student": {"test_errors": dist[r["seed"]]}, "baseline": {"test_errors": r["test_errors"]}}
+             for r in rows if r["seed"] in dist]
+    if not pairs:
+        return control
+    v = summarize_seeds(pairs, teacher_errors)
+    return {**control, "distilled_errors": dist.get(control["seed"]),
+            "vs_distilled": {k: v[k] for k in ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")},
+            "beats_distilled": v["gain_errors_mean"] <= 0}
+
+
+def control_sentence(c: dict) -> str:
+    """The more_steps control in one sentence, with its verdict when it was paired with the distilled students."""
+    v = c.get("vs_distilled")
+    out = (f"Control: hard-label students trained {c['epochs']} epochs (as many optimizer steps as the transfer-set "
+           f"student) make " + (", ".join(f"{p['baseline_errors']} (seed {p['seed']})" for p in v["per_seed"])
+                                if v else f"{c['test_errors']} (seed {c['seed']})") + " errors")
+    if not v:
+        return out + "."
+    ci = v["gain_ci95"]
+    out += (f" against the distilled students' " + ", ".join(str(p["student_errors"]) for p in v["per_seed"])
+            + f": distilled minus control gain {v['gain_errors_mean']:+.1f} errors"
+            + (f", paired bootstrap 95% CI [{ci[0]:+.1f}, {ci[1]:+.1f}]" if len(v["per_seed"]) > 1 else " (one seed)"))
+    if c["beats_distilled"]:
+        return out + ": the longer schedule, not the teacher, explains the transfer set's gain."
+    return out + (": the distilled student still wins." if v["significant"] else
+                  ": the distilled student is ahead, within the seeds' noise.")
 
 
 def ablation_se(ablation: dict | None, n: int | None) -> float | None:
@@ -445,12 +484,7 @@ def markdown(r: dict) -> str:
                       f"{r['no_transfer']['gain_ci95']}."]
         c = r.get("more_steps_control")
         if c:
-            lines += [f"Control: the seed-{c['seed']} hard-label student trained {c['epochs']} epochs (as many steps "
-                      f"as the transfer-set student) makes {c['test_errors']} errors"
-                      + ("" if c.get("beats_distilled") is None else
-                         f" against the distilled student's {c['distilled_errors']}: " +
-                         ("the longer schedule, not the teacher, explains the gain." if c["beats_distilled"] else
-                          "the distilled student still wins."))]
+            lines += [control_sentence(c)]
         lines += [""]
     if r.get("ablation"):
         lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]
@@ -494,7 +528,7 @@ STEPS = {
     "kd_sweep": ("kd_sweep", lambda m, base, state, threads: kd_sweep(m, base, _fixed(m, base, state), threads)),
     "transfer": ("transfer", transfer),
     "more_steps": ("more_steps", lambda m, base, state, threads: more_steps(m, base, _fixed(m, base, state),
-                                                                            threads)),
+                                                                            threads, _student_seeds(state, m))),
     "longer_teacher": (None, longer_teacher),
     "embed": ("embed", embed),
     "export": ("export", export),

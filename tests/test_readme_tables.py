@@ -163,6 +163,13 @@ def test_the_kd_sweep_is_compared_with_the_seed_0_hard_label_student(copy):
     assert rt.minilm_kd_sweep_section(_minilm(copy, kd_sweep=None)) == ""
 
 
+def _control(pairs, mean, ci, beats) -> dict:
+    """A more_steps_control as minilm_wordnet.assemble writes it: (seed, distilled errors, control errors) rows."""
+    return {"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": pairs[0][2], "beats_distilled": beats,
+            "vs_distilled": {"per_seed": [{"seed": sd, "student_errors": d, "baseline_errors": c} for sd, d, c in pairs],
+                             "gain_errors_mean": mean, "gain_ci95": ci}}
+
+
 def res_nt(copy) -> dict:
     return {"per_seed": [{"seed": 0, "student_errors": 571}, {"seed": 1, "student_errors": 585}],
             "gain_errors_mean": -19.5, "gain_ci95": [-32.0, -7.0]}
@@ -175,22 +182,30 @@ def test_the_minilm_seeds_sentence_names_the_distilled_student_and_sets_the_no_t
                   distilled_student="3 layers, distilled with a transfer set",
                   no_transfer={"per_seed": [{"seed": 0, "student_errors": 571}, {"seed": 1, "student_errors": 585}],
                                "gain_errors_mean": -19.5, "gain_ci95": [-32.0, -7.0]},
-                  more_steps_control={"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": 560})
+                  more_steps_control=_control([(0, 491, 560)], 69.0, [69.0, 69.0], False))
     text = rt.minilm_seeds_section(res)
-    assert ("the seed-0 hard-label student trained 8 epochs instead of 2 (as many optimizer steps as the transfer-set "
-            "student) makes 560 errors, against 564 in the shorter schedule and 491 distilled") in text
+    assert ("hard-label students trained 8 epochs instead of 2 (as many optimizer steps as the transfer-set student) "
+            "make seed 0: 560 (against 564 in the shorter schedule and 491 distilled) errors; distilled minus control "
+            "+69.0 (one seed).") in text
     assert "distilled: 3 layers, distilled with a transfer set): seed 0: 491 vs 564 (+73)" in text
     assert "CI [+53.0, +73.0]" in text
     assert ("without the transfer set: seed 0: 571, seed 1: 585 errors, gain -19.5 (CI [-32.0, -7.0]): the win comes "
             "from the teacher's outputs") in text
     longer = rt.minilm_seeds_section(_minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=63.0,
+                                             teacher_accuracy=0.78,
                                              gain_ci95=[53.0, 73.0], no_transfer=res_nt(copy),
-                                             more_steps_control={"seed": 0, "epochs": 8, "steps_factor": 4.0,
-                                                                 "test_errors": 453, "beats_distilled": True}))
+                                             more_steps_control=_control([(0, 491, 453), (1, 500, 470)], -34.0,
+                                                                         [-38.0, -30.0], True)))
     assert "the win comes" not in longer  # the control explains it
-    assert ("and 491 distilled: so the gain over the hard-label student of the same epochs comes from the longer "
-            "schedule, not from the teacher (given as many steps, hard labels alone make 38 fewer errors; one "
-            "seed).") in longer
+    assert ("seed 1: 470 (against 553 in the shorter schedule and 500 distilled) errors; distilled minus control "
+            "-34.0, CI [-38.0, -30.0]: so the gain over the hard-label student of the same epochs comes from the "
+            "longer schedule, not from the teacher.") in longer
+    assert "Those students also beat their teacher (" not in longer  # a teacher at 440 errors beats 453 and 470
+    weak = rt.minilm_seeds_section(_minilm(copy, per_seed=seeds, test_n=2000, teacher_accuracy=0.743,
+                                           gain_errors_mean=63.0, gain_ci95=[53.0, 73.0], no_transfer=res_nt(copy),
+                                           more_steps_control=_control([(0, 491, 453), (1, 500, 470)], -34.0,
+                                                                       [-38.0, -30.0], True)))
+    assert "Those students also beat their teacher (514 errors)" in weak
     lost = rt.minilm_seeds_section(_minilm(copy, per_seed=seeds, test_n=2000, gain_errors_mean=-5.0,
                                            gain_ci95=[-9.0, 2.0], no_transfer={"per_seed": [], "gain_ci95": None},
                                            more_steps_control=None))
