@@ -24,7 +24,8 @@ Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from
 4b. the KD weight / temperature sweep (seed 0); the transfer set: the 3-layer students distilled on the labelled
    glosses plus glosses whose labels they never see (teacher outputs only), per seed, paired with the students step's
    hard-label students; and its control (more_steps): hard-label students trained for as many optimizer steps, per
-   seed, paired with the transfer-set students;
+   seed, paired with the transfer-set students; then (strong_teacher) a teacher fine-tuned as long as those students
+   train, and transfer-set students distilled from it, paired with the control's students of the same seeds;
 5. embedding mode (examples/minilm_embed.toml): the 3-layer student trained to reproduce the teacher's pooled
    sentence vectors, judged by cosine and nearest-neighbour agreement@1/@10 on held-out glosses;
 6. export of teacher and students to every target at fp32 / fp16 / int8, verified on held-out glosses, and p50
@@ -279,6 +280,29 @@ def more_steps(m: dict, base: Path, fixed: list[str], threads: int, seeds: list[
             **{k: rows[0][k] for k in ("seed", "test_errors", "test_acc", "best_epoch", "seconds")}}
 
 
+STRONG_TEACHER_EPOCHS = 8  # the teacher fine-tuned as long as the more_steps control's students train
+
+
+def strong_teacher(m: dict, base: Path, state: dict, threads: int, seeds: list[int] | None = None) -> dict:
+    """The remedy the more_steps control points at, tested: a teacher fine-tuned STRONG_TEACHER_EPOCHS epochs on the
+    same labelled glosses, and transfer-set students distilled from it, one run folder per seed (the first seed's
+    folder trains the teacher, the others load its teacher.pt), to set beside the control's students."""
+    seeds = seeds or _student_seeds(state, m)
+    first = base / f"transfer-teacher-e{STRONG_TEACHER_EPOCHS}"
+    teacher = [*_teacher(m, state)[:-1], f"teacher.train.epochs={STRONG_TEACHER_EPOCHS}"]
+    rows = []
+    for seed in seeds:
+        folder = first if seed == 0 else first.with_name(f"{first.name}-seed{seed}")
+        t = teacher if seed == 0 else [f'teacher.weights="{first / "teacher.pt"}"', "teacher.train=null"]
+        res = run_distill("minilm_wordnet.toml", folder,
+                          [*_data(m), *t, f"distill.transfer_samples={m['transfer_samples']}",
+                           f"train.epochs={m['epochs']}", "distill.baseline=false",
+                           *([f"seeds=[{seed}]"] if seed else [])], threads)
+        rows.append({"seed": seed, "test_errors": res["student"]["test_errors"],
+                     "teacher_test_errors": res["teacher"]["test_errors"], "seconds": res["seconds_total"]})
+    return {"teacher_epochs": STRONG_TEACHER_EPOCHS, "seeds": [r["seed"] for r in rows], "per_seed": rows}
+
+
 def _student_seeds(state: dict, m: dict) -> list[int]:
     """The students step's seeds (a later step pairs with its hard-label students), else the mode's."""
     return (state.get("students") or {}).get("seeds") or m["seeds"]
@@ -380,6 +404,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "no_transfer": _seed_block(s, acc) if tr else None,
         "more_steps_control": _control(state.get("more_steps"), per_seed if tr else [],
                                        (s.get("teacher") or {}).get("test_errors")),
+        "strong_teacher": _strong(state.get("strong_teacher"), state.get("more_steps"), n),
         "two_layer_accuracy": ((state.get("two_layer") or {}).get("student") or {}).get("test_acc"),
         "params": {"teacher": (s.get("teacher") or {}).get("params"), "student_3": (s.get("student") or {}).get(
             "params"), "student_2": ((state.get("two_layer") or {}).get("student") or {}).get("params")},
@@ -420,6 +445,51 @@ def _control(control: dict | None, per_seed: list[dict], teacher_errors) -> dict
     return {**control, "distilled_errors": dist.get(control["seed"]),
             "vs_distilled": {k: v[k] for k in ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")},
             "beats_distilled": v["gain_errors_mean"] <= 0}
+
+
+def _strong(strong: dict | None, control: dict | None, n: int | None) -> dict | None:
+    """The strong_teacher step's transfer-set students paired, seed by seed, with the more_steps control's hard-label
+    students (ondevice.stats.summarize_seeds, the control in the hard-label place): does distillation win at equal
+    steps once its teacher knows more?"""
+    from ondevice.stats import summarize_seeds
+
+    if not strong or not strong.get("per_seed"):
+        return None
+    ctl = {r["seed"]: r["test_errors"] for r in (control or {}).get("per_seed") or []}
+    rows = strong["per_seed"]
+    t_err = rows[0]["teacher_test_errors"]
+    out = {"teacher_epochs": strong["teacher_epochs"], "teacher_test_errors": t_err,
+           "teacher_accuracy": None if not n else 1 - t_err / n,
+           "distilled_errors": {r["seed"]: r["test_errors"] for r in rows}}
+    pairs = [{"seed": r["seed"], "student": {"test_errors": r["test_errors"]},
+              "baseline": {"test_errors": ctl[r["seed"]]}} for r in rows if r["seed"] in ctl]
+    if pairs:
+        v = summarize_seeds(pairs, t_err)
+        out["vs_control"] = {k: v[k] for k in ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")}
+    return out
+
+
+def strong_sentence(st: dict) -> str:
+    """The strong_teacher result in one sentence (Markdown and README)."""
+    v = st.get("vs_control")
+    out = (f"A teacher fine-tuned {st['teacher_epochs']} epochs ({st['teacher_test_errors']} test errors) and "
+           "transfer-set students distilled from it: " + ", ".join(f"seed {k}: {e}" for k, e in
+                                                                    st["distilled_errors"].items()) + " errors")
+    if not v:
+        return out + "."
+    ci = v["gain_ci95"]
+    out += (" against the steps-matched hard-label students' " + ", ".join(str(p["baseline_errors"]) for p in
+                                                                          v["per_seed"])
+            + f": gain {v['gain_errors_mean']:+.1f}"
+            + (f", paired bootstrap 95% CI [{ci[0]:+.1f}, {ci[1]:+.1f}]" if len(v["per_seed"]) > 1 else " (one seed)"))
+    if len(v["per_seed"]) < 3:
+        ahead = sum(p["gain"] > 0 for p in v["per_seed"])
+        return out + (f": distilled ahead on {ahead} of {len(v['per_seed'])} seeds, too few seeds for the interval to "
+                      "settle it.")
+    if v["significant"]:
+        return out + (": with a teacher that knows more, distillation wins at equal steps." if ci[0] > 0 else
+                      ": distillation still loses at equal steps.")
+    return out + ": no difference the seeds can resolve."
 
 
 def control_sentence(c: dict) -> str:
@@ -485,6 +555,8 @@ def markdown(r: dict) -> str:
         c = r.get("more_steps_control")
         if c:
             lines += [control_sentence(c)]
+        if r.get("strong_teacher"):
+            lines += [strong_sentence(r["strong_teacher"])]
         lines += [""]
     if r.get("ablation"):
         lines += ["| loss (seed 0, one run each) | train glosses | test accuracy |", "|---|---|---|"]
@@ -530,6 +602,7 @@ STEPS = {
     "more_steps": ("more_steps", lambda m, base, state, threads: more_steps(m, base, _fixed(m, base, state),
                                                                             threads, _student_seeds(state, m))),
     "longer_teacher": (None, longer_teacher),
+    "strong_teacher": ("strong_teacher", strong_teacher),
     "embed": ("embed", embed),
     "export": ("export", export),
 }

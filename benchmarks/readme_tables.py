@@ -469,6 +469,11 @@ def minilm_seeds_section(results: Path) -> str:
                 + (": so the gain over the hard-label student of the same epochs comes from the longer schedule, not "
                    "from the teacher" if c.get("beats_distilled") else "") + "."
                 + _weaker_teacher(r, [p["baseline_errors"] for p in v["per_seed"]]))
+    if r.get("strong_teacher"):
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from minilm_wordnet import strong_sentence  # the benchmark's own sentence (benchmarks/minilm_wordnet.py)
+
+        out += " " + strong_sentence(r["strong_teacher"])
     return out
 
 

@@ -167,3 +167,31 @@ def test_unknown_step_is_refused_with_the_valid_ones(capsys):
         minilm_wordnet.main(["--steps", "students,trasnfer"])
     err = capsys.readouterr().err
     assert "unknown step(s) ['trasnfer']" in err and "choice, students, two_layer" in err
+
+
+def test_the_strong_teacher_students_are_paired_with_the_steps_matched_hard_label_students():
+    """strong_teacher: transfer-set students of a longer-trained teacher against the more_steps control's students of
+    the same seeds (the control in the hard-label place): the gain, its CI and a verdict that follows the CI."""
+    control = {"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": 453,
+               "per_seed": [{"seed": s, "test_errors": e} for s, e in ((0, 453), (1, 462), (2, 459))]}
+    strong = {"teacher_epochs": 8, "seeds": [0, 1],
+              "per_seed": [{"seed": 0, "test_errors": 430, "teacher_test_errors": 470, "seconds": 1.0},
+                           {"seed": 1, "test_errors": 440, "teacher_test_errors": 470, "seconds": 1.0}]}
+    st = minilm_wordnet._strong(strong, control, 2000)
+    assert st["teacher_test_errors"] == 470 and st["teacher_accuracy"] == pytest.approx(0.765)
+    v = st["vs_control"]
+    assert [(p["seed"], p["student_errors"], p["baseline_errors"], p["gain"]) for p in v["per_seed"]] == [
+        (0, 430, 453, 23), (1, 440, 462, 22)]
+    assert v["gain_errors_mean"] == pytest.approx(22.5) and v["significant"]
+    text = minilm_wordnet.strong_sentence(st)
+    assert text.startswith("A teacher fine-tuned 8 epochs (470 test errors) and transfer-set students distilled from "
+                           "it: seed 0: 430, seed 1: 440 errors against the steps-matched hard-label students' 453, 462: "
+                           "gain +22.5, paired bootstrap 95% CI [")
+    assert text.endswith("distilled ahead on 2 of 2 seeds, too few seeds for the interval to settle it.")
+    three = {**strong, "per_seed": [*strong["per_seed"], {**strong["per_seed"][0], "seed": 2, "test_errors": 441}]}
+    assert minilm_wordnet.strong_sentence(minilm_wordnet._strong(three, control, 2000)).endswith(
+        "with a teacher that knows more, distillation wins at equal steps.")
+    lose = minilm_wordnet._strong({**three, "per_seed": [{**r, "test_errors": r["test_errors"] + 40}
+                                                         for r in three["per_seed"]]}, control, 2000)
+    assert minilm_wordnet.strong_sentence(lose).endswith("distillation still loses at equal steps.")
+    assert minilm_wordnet._strong(None, control, 2000) is None
