@@ -191,12 +191,12 @@ def record(path: Path, key: str, value) -> dict:
     return state
 
 
-def _teacher(m: dict, state: dict) -> list[str]:
-    """The teacher's overrides as the choice step chose them (trainable layers, step size, batch) and the mode's
-    epochs."""
+def _teacher(m: dict, state: dict, epochs: int | None = None) -> list[str]:
+    """The teacher's overrides as the choice step chose them (trainable layers, step size, batch) and its epochs (the
+    mode's unless given)."""
     choice = state.get("teacher_choice") or {}
     return [f"teacher.kwargs.trainable_layers={choice.get('trainable_layers', 0)}",
-            *choice.get("teacher_train", []), f"teacher.train.epochs={m['teacher_epochs']}"]
+            *choice.get("teacher_train", []), f"teacher.train.epochs={epochs or m['teacher_epochs']}"]
 
 
 def _fixed(m: dict, base: Path, state: dict) -> list[str]:
@@ -230,8 +230,7 @@ def transfer(m: dict, base: Path, state: dict, threads: int) -> dict:
 def longer_teacher(m: dict, base: Path, state: dict, threads: int) -> None:
     """A teacher trained twice as long, and seed-0 students from it (reported in teacher_runs)."""
     run_distill("minilm_wordnet.toml", base / f"students-teacher-e{2 * m['teacher_epochs']}",
-                [*_data(m), *_teacher(m, state), f"teacher.train.epochs={2 * m['teacher_epochs']}",
-                 f"train.epochs={m['epochs']}"], threads)
+                [*_data(m), *_teacher(m, state, 2 * m["teacher_epochs"]), f"train.epochs={m['epochs']}"], threads)
 
 
 def embed(m: dict, base: Path, state: dict, threads: int) -> dict:
@@ -262,6 +261,12 @@ ABLATION = {
 ABLATION_FOLDERS = dict(zip(ABLATION, ("ce", "kd", "hidden-cos", "minilm")))  # runs/minilm-<mode>/ablation-<folder>
 
 
+def _seed_run(folder: Path, seed: int) -> tuple[Path, list[str]]:
+    """One run folder per seed for steps that run seeds side by side: seed 0 keeps `folder` and the recipe's own seed,
+    seed k gets `<folder>-seed<k>` and `seeds=[k]` (the same init and batch order as seed k of the students step)."""
+    return (folder, []) if seed == 0 else (folder.with_name(f"{folder.name}-seed{seed}"), [f"seeds=[{seed}]"])
+
+
 def more_steps(m: dict, base: Path, fixed: list[str], threads: int, seeds: list[int] | None = None) -> dict:
     """Hard-label 3-layer students trained for as many optimizer steps as the transfer-set student took
     (epochs x (labelled + transfer) / labelled), one run folder per seed (hard-e<epochs>, then -seed<k>): does the
@@ -270,9 +275,10 @@ def more_steps(m: dict, base: Path, fixed: list[str], threads: int, seeds: list[
     epochs = round(m["epochs"] * factor)
     rows = []
     for seed in seeds or [0]:
-        res = run_distill("minilm_wordnet.toml", base / (f"hard-e{epochs}" + (f"-seed{seed}" if seed else "")),
+        folder, seed_override = _seed_run(base / f"hard-e{epochs}", seed)
+        res = run_distill("minilm_wordnet.toml", folder,
                           [*_data(m), *fixed, 'distill.losses=[{name = "ce", weight = 1.0}]', f"train.epochs={epochs}",
-                           "distill.baseline=false", *([f"seeds=[{seed}]"] if seed else [])], threads)
+                           "distill.baseline=false", *seed_override], threads)
         st = res["student"]
         rows.append({"seed": seed, "test_errors": st["test_errors"], "test_acc": st["test_acc"],
                      "best_epoch": st.get("best_epoch"), "seconds": res["seconds_total"]})
@@ -289,15 +295,14 @@ def strong_teacher(m: dict, base: Path, state: dict, threads: int, seeds: list[i
     folder trains the teacher, the others load its teacher.pt), to set beside the control's students."""
     seeds = seeds or _student_seeds(state, m)
     first = base / f"transfer-teacher-e{STRONG_TEACHER_EPOCHS}"
-    teacher = [*_teacher(m, state)[:-1], f"teacher.train.epochs={STRONG_TEACHER_EPOCHS}"]
     rows = []
     for seed in seeds:
-        folder = first if seed == 0 else first.with_name(f"{first.name}-seed{seed}")
-        t = teacher if seed == 0 else [f'teacher.weights="{first / "teacher.pt"}"', "teacher.train=null"]
+        folder, seed_override = _seed_run(first, seed)
+        t = (_teacher(m, state, STRONG_TEACHER_EPOCHS) if seed == 0 else
+             [f'teacher.weights="{first / "teacher.pt"}"', "teacher.train=null"])
         res = run_distill("minilm_wordnet.toml", folder,
                           [*_data(m), *t, f"distill.transfer_samples={m['transfer_samples']}",
-                           f"train.epochs={m['epochs']}", "distill.baseline=false",
-                           *([f"seeds=[{seed}]"] if seed else [])], threads)
+                           f"train.epochs={m['epochs']}", "distill.baseline=false", *seed_override], threads)
         rows.append({"seed": seed, "test_errors": res["student"]["test_errors"],
                      "teacher_test_errors": res["teacher"]["test_errors"], "seconds": res["seconds_total"]})
     return {"teacher_epochs": STRONG_TEACHER_EPOCHS, "seeds": [r["seed"] for r in rows], "per_seed": rows}
@@ -347,19 +352,30 @@ def ablation(m: dict, base: Path, fixed: list[str], threads: int) -> dict:
     return rows
 
 
+VS_KEYS = ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")  # a paired comparison's summary
+
+
+def paired(distilled: dict[int, int], hard: dict[int, int], teacher_errors) -> dict | None:
+    """ondevice.stats.summarize_seeds over the seeds both sides ran: `distilled` (seed -> test errors) in the student
+    place, `hard` in the hard-label place; None when no seed is shared."""
+    from ondevice.stats import summarize_seeds
+
+    pairs = [{"seed": k, "student": {"test_errors": e}, "baseline": {"test_errors": hard[k]}}
+             for k, e in distilled.items() if k in hard]
+    return summarize_seeds(pairs, teacher_errors) if pairs else None
+
+
 def transfer_summary(state: dict) -> dict | None:
     """The transfer step's distilled students paired, seed by seed, with the students step's hard-label ones (the
     same teacher, init, labelled glosses and epochs; ondevice.stats.summarize_seeds), or None before it ran."""
-    from ondevice.stats import summarize_seeds
-
     tr, s = state.get("transfer") or {}, state.get("students") or {}
-    base = {p["seed"]: p["baseline_errors"] for p in s.get("per_seed") or []}
-    pairs = [{"seed": p["seed"], "student": {"test_errors": p["student_errors"]},
-              "baseline": {"test_errors": base[p["seed"]]}} for p in tr.get("per_seed") or [] if p["seed"] in base]
-    if not pairs:
+    v = paired({p["seed"]: p["student_errors"] for p in tr.get("per_seed") or []},
+               {p["seed"]: p["baseline_errors"] for p in s.get("per_seed") or []}, (s.get("teacher") or {}).get(
+                   "test_errors"))
+    if v is None:
         return None
-    return {**summarize_seeds(pairs, s["teacher"]["test_errors"]), "transfer_samples": tr["transfer_samples"],
-            "labelled_samples": tr["split_sizes"]["train"], "minutes": tr["seconds_total"] / 60}
+    return {**v, "transfer_samples": tr["transfer_samples"], "labelled_samples": tr["split_sizes"]["train"],
+            "minutes": tr["seconds_total"] / 60}
 
 
 def _seed_block(summary: dict, acc) -> dict:
@@ -431,19 +447,14 @@ def _control(control: dict | None, per_seed: list[dict], teacher_errors) -> dict
     the control in the hard-label place): `vs_distilled` holds its per-seed rows, the mean gain of the distilled
     student over the control and its paired bootstrap CI; `beats_distilled` says the control makes no more errors on
     average (then the longer schedule, not the teacher, explains the transfer set's gain)."""
-    from ondevice.stats import summarize_seeds
-
     if not control:
         return control
     dist = {p["seed"]: p["student_errors"] for p in per_seed}
     rows = control.get("per_seed") or [{"seed": control["seed"], "test_errors": control["test_errors"]}]
-    pairs = [{"seed": r["seed"], "student": {"test_errors": dist[r["seed"]]}, "baseline": {"test_errors": r["test_errors"]}}
-             for r in rows if r["seed"] in dist]
-    if not pairs:
+    v = paired(dist, {r["seed"]: r["test_errors"] for r in rows}, teacher_errors)
+    if v is None:
         return control
-    v = summarize_seeds(pairs, teacher_errors)
-    return {**control, "distilled_errors": dist.get(control["seed"]),
-            "vs_distilled": {k: v[k] for k in ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")},
+    return {**control, "distilled_errors": dist.get(control["seed"]), "vs_distilled": {k: v[k] for k in VS_KEYS},
             "beats_distilled": v["gain_errors_mean"] <= 0}
 
 
@@ -451,21 +462,17 @@ def _strong(strong: dict | None, control: dict | None, n: int | None) -> dict | 
     """The strong_teacher step's transfer-set students paired, seed by seed, with the more_steps control's hard-label
     students (ondevice.stats.summarize_seeds, the control in the hard-label place): does distillation win at equal
     steps once its teacher knows more?"""
-    from ondevice.stats import summarize_seeds
-
     if not strong or not strong.get("per_seed"):
         return None
-    ctl = {r["seed"]: r["test_errors"] for r in (control or {}).get("per_seed") or []}
     rows = strong["per_seed"]
     t_err = rows[0]["teacher_test_errors"]
     out = {"teacher_epochs": strong["teacher_epochs"], "teacher_test_errors": t_err,
            "teacher_accuracy": None if not n else 1 - t_err / n,
            "distilled_errors": {r["seed"]: r["test_errors"] for r in rows}}
-    pairs = [{"seed": r["seed"], "student": {"test_errors": r["test_errors"]},
-              "baseline": {"test_errors": ctl[r["seed"]]}} for r in rows if r["seed"] in ctl]
-    if pairs:
-        v = summarize_seeds(pairs, t_err)
-        out["vs_control"] = {k: v[k] for k in ("seeds", "per_seed", "gain_errors_mean", "gain_ci95", "significant")}
+    v = paired(out["distilled_errors"], {r["seed"]: r["test_errors"] for r in (control or {}).get("per_seed") or []},
+               t_err)
+    if v is not None:
+        out["vs_control"] = {k: v[k] for k in VS_KEYS}
     return out
 
 

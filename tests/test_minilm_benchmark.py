@@ -195,3 +195,11 @@ def test_the_strong_teacher_students_are_paired_with_the_steps_matched_hard_labe
                                                          for r in three["per_seed"]]}, control, 2000)
     assert minilm_wordnet.strong_sentence(lose).endswith("distillation still loses at equal steps.")
     assert minilm_wordnet._strong(None, control, 2000) is None
+
+
+def test_paired_comparisons_use_only_the_seeds_both_sides_ran_and_per_seed_folders_keep_seed_0_where_it_was(tmp_path):
+    v = minilm_wordnet.paired({0: 400, 1: 420, 2: 430}, {0: 410, 2: 425, 5: 1}, 300)
+    assert v["seeds"] == [0, 2] and [p["gain"] for p in v["per_seed"]] == [10, -5]
+    assert minilm_wordnet.paired({1: 400}, {0: 400}, 300) is None
+    assert minilm_wordnet._seed_run(tmp_path / "hard-e8", 0) == (tmp_path / "hard-e8", [])
+    assert minilm_wordnet._seed_run(tmp_path / "hard-e8", 2) == (tmp_path / "hard-e8-seed2", ["seeds=[2]"])
