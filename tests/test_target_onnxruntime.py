@@ -211,6 +211,24 @@ def test_int8_gives_an_outlier_input_block_wise_scales(outlier_case, tmp_path, p
         assert art.verification["sqnr_db"] > plain.verification["sqnr_db"] + 10.0
 
 
+@pytest.mark.parametrize("precision", ["int8_dynamic", "int8_static"])
+def test_outliers_per_tensor_keeps_the_fast_scheme_and_says_so(outlier_case, tmp_path, precision):
+    """Option outliers='per_tensor': no MatMulNBits; int8_dynamic does not look for outliers (every MatMul
+    MatMulInteger), int8_static quantizes the outlier MatMul's input per tensor at run time; the metadata says which."""
+    model, x = outlier_case
+    art = export(model, TARGET, precision, out=tmp_path / "m", calibration=x[:64], verify_data=(x[64:], None),
+                 thresholds=LOOSE, outliers="per_tensor")
+    assert art.status == "verified", art.error
+    ops, note = art.inspect["ops"], {p.key: p.value for p in graph_metadata(art.path)}["ondevice.outlier_nodes"]
+    assert ops.get("com.microsoft.MatMulNBits", 0) == 0
+    if precision == "int8_dynamic":
+        assert ops["MatMulInteger"] == 2 and note.startswith("not checked"), note
+    else:
+        assert ops["MatMulInteger"] == 1 and "input quantized per tensor at run time" in note, note
+    with pytest.raises(ValueError, match=r"option outliers='rowwise': valid values are 'blockwise', 'per_tensor'"):
+        export(model, TARGET, precision, out=tmp_path / "bad", calibration=x[:64], outliers="rowwise")
+
+
 def graph_metadata(path):
     return onnx.load(str(path)).metadata_props
 

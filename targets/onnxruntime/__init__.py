@@ -21,5 +21,8 @@ SPEC = TargetSpec(
         "calibrate_method": "int8_static range estimation: 'minmax' (default), 'entropy' or 'percentile'",
         "reduce_range": "7-bit int8 weights: 'auto' (default: on for x86 CPUs without VNNI, whose int8 kernels "
                         "saturate with 8-bit weights, and for uint8 activations), true or false",
+        "outliers": "int8: a weight MatMul whose calibrated input has outliers becomes 'blockwise' (default: "
+                    "MatMulNBits, int8 weights and input per block of 32: accurate, slower on CPU) or keeps "
+                    "'per_tensor' activation scales at run time (fastest; the outlier swamps the input's small values)",
     },
 )

@@ -180,13 +180,20 @@ def fine_grained_matmuls(src: Path, out: Path, nodes: list[str]) -> None:
     quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
 
 
-def outlier_note(nodes: list[str], calibrated: bool) -> str:
-    """metadata_props ondevice.outlier_nodes: which weight MatMuls fine_grained_matmuls took, or why none."""
-    if not calibrated:
-        return "not checked: no calibration samples were given (every weight MatMul has a per-tensor activation scale)"
-    return (f"{len(nodes)} weight MatMul/Gemm node(s) whose calibrated input has outliers: int8 weights and input "
-            f"per block of {OUTLIER_BLOCK} (MatMulNBits, accuracy_level 4; a Gemm stays float): "
-            f"{', '.join(nodes) or 'none'}")
+OUTLIER_SCHEMES = {
+    "blockwise": f"int8 weights and input per block of {OUTLIER_BLOCK} (MatMulNBits, accuracy_level 4)",
+    "per_tensor": "int8 weights, input quantized per tensor at run time (DynamicQuantizeLinear -> MatMulInteger)",
+}
+
+
+def outlier_note(nodes: list[str] | None, scheme: str) -> str:
+    """metadata_props ondevice.outlier_nodes: the weight MatMuls whose calibrated input has outliers and what they
+    became, or (nodes None) that none were looked for."""
+    if nodes is None:
+        return ("not checked: no calibration samples were given, or option outliers='per_tensor' (every weight MatMul "
+                "has a per-tensor activation scale)")
+    return (f"{len(nodes)} weight MatMul/Gemm node(s) whose calibrated input has outliers: {OUTLIER_SCHEMES[scheme]}"
+            f" (option outliers={scheme!r}; a Gemm stays float): {', '.join(nodes) or 'none'}")
 
 
 class _Reader:
@@ -285,7 +292,8 @@ class OnnxRuntimeTarget(Target):
 
     def export(self, prepared, precision: Precision, example_inputs: tuple, out: Path,
                calibration: dict | None = None, *, opset: int = DEFAULT_OPSET, dynamic_batch: bool = True,
-               activations: str = "int8", calibrate_method: str = "minmax", reduce_range: Any = "auto", spec=None,
+               activations: str = "int8", calibrate_method: str = "minmax", reduce_range: Any = "auto",
+               outliers: str = "blockwise", spec=None,
                **_: Any) -> Path:
         given = Path(out)
         out = given.resolve()  # the quantization tools run in a scratch directory (in_scratch)
@@ -295,8 +303,10 @@ class OnnxRuntimeTarget(Target):
         methods = ("minmax", "entropy", "percentile")
         if calibrate_method not in methods:
             raise ConfigError(f"option calibrate_method={calibrate_method!r}: valid values are {', '.join(methods)}")
+        if outliers not in OUTLIER_SCHEMES:
+            raise ConfigError(f"option outliers={outliers!r}: valid values are {', '.join(map(repr, OUTLIER_SCHEMES))}")
         rr, rr_why = resolve_reduce_range(reduce_range, activations)
-        dyn: list[str] = []  # weight MatMuls with outlier inputs (fine_grained_matmuls)
+        dyn: list[str] | None = None  # weight MatMuls with outlier inputs (None: not looked for)
         with temp_dir("ort") as td:
             fp32 = Path(td) / "fp32.onnx"
             try:
@@ -310,9 +320,10 @@ class OnnxRuntimeTarget(Target):
                 elif precision.name == "fp16":
                     self._fp16(fp32, out)
                 elif precision.name == "int8_dynamic":
-                    dyn = self._int8_dynamic(fp32, Path(td), out, calibration, rr)
+                    dyn = self._int8_dynamic(fp32, Path(td), out, calibration, rr, outliers)
                 elif precision.name == "int8_static":
-                    dyn = self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method, rr)
+                    dyn = self._int8_static(fp32, Path(td), out, calibration, activations, calibrate_method, rr,
+                                             outliers)
                 else:  # the core checks precisions against the spec first
                     raise ConfigError(f"onnxruntime cannot produce {precision.name}")
             except (ConversionError, ConfigError):
@@ -321,7 +332,7 @@ class OnnxRuntimeTarget(Target):
                 raise _conversion_error(e, precision.name, precision.name, name) from e
         notes = {"ondevice.reduce_range": f"{str(rr).lower()}: {rr_why}"} if precision.name.startswith("int8") else {}
         if precision.name.startswith("int8"):
-            notes["ondevice.outlier_nodes"] = outlier_note(dyn, _n_samples(calibration) > 0)
+            notes["ondevice.outlier_nodes"] = outlier_note(dyn, outliers)
         write_metadata(out, spec, notes)
         return given  # the path as the caller named it
 
@@ -351,22 +362,24 @@ class OnnxRuntimeTarget(Target):
             with quiet(), in_scratch(dst.parent):
                 quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
 
-    def _int8_dynamic(self, src: Path, work: Path, out: Path, calibration: dict | None,
-                      reduce_range: bool) -> list[str]:
-        """quantize_dynamic of every weight op; with calibration samples, the weight MatMuls whose input has outliers
-        go to fine_grained_matmuls instead. Returns those nodes' names."""
+    def _int8_dynamic(self, src: Path, work: Path, out: Path, calibration: dict | None, reduce_range: bool,
+                      outliers: str) -> list[str] | None:
+        """quantize_dynamic of every weight op; with calibration samples and outliers='blockwise', the weight MatMuls
+        whose input has outliers go to fine_grained_matmuls instead. Returns those nodes' names (None: not looked
+        for)."""
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         pre = work / "pre.onnx"  # work (a temp dir) and out (resolved by export) are absolute: in_scratch is safe
         self._pre_process(src, pre)
-        fine = self._outliers(pre, work, calibration, "int8_dynamic") if _n_samples(calibration) else []
+        look = _n_samples(calibration) > 0 and outliers == "blockwise"
+        fine = self._outliers(pre, work, calibration, "int8_dynamic") if look else []
         dynamic = work / "dynamic.onnx" if fine else out
         with quiet(), in_scratch(work):
             quantize_dynamic(str(pre), str(dynamic), per_channel=True, weight_type=QuantType.QInt8,
                              reduce_range=reduce_range, nodes_to_exclude=fine)
         if fine:
             fine_grained_matmuls(dynamic, out, fine)
-        return fine
+        return fine if look else None
 
     def _outliers(self, pre: Path, work: Path, calibration: dict, precision: str) -> list[str]:
         """outlier_matmuls of the pre-processed graph, once the calibration samples name its inputs."""
@@ -379,9 +392,10 @@ class OnnxRuntimeTarget(Target):
         return outlier_matmuls(pre, work, calibration, _input_batch(pre) or CALIBRATION_BATCH)
 
     def _int8_static(self, src: Path, work: Path, out: Path, calibration: dict | None, activations: str,
-                     calibrate_method: str, reduce_range: bool) -> list[str]:
+                     calibrate_method: str, reduce_range: bool, outliers: str) -> list[str]:
         """QDQ static int8 of every op ONNX Runtime's QDQ quantizer handles except STATIC_SKIP; weight MatMuls whose
-        calibrated input has outliers are left out and go to fine_grained_matmuls. Returns those nodes' names."""
+        calibrated input has outliers are left out and go to fine_grained_matmuls (outliers='blockwise') or to
+        quantize_dynamic (outliers='per_tensor'). Returns those nodes' names."""
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.registry import QDQRegistry
 
@@ -402,8 +416,14 @@ class OnnxRuntimeTarget(Target):
                 per_channel=True, reduce_range=reduce_range,
                 activation_type=QuantType.QUInt8 if uint8 else QuantType.QInt8, weight_type=QuantType.QInt8,
                 calibrate_method=method, calibration_providers=["CPUExecutionProvider"])
-        if dyn:
+        if dyn and outliers == "blockwise":
             fine_grained_matmuls(static, out, dyn)
+        elif dyn:
+            from onnxruntime.quantization import quantize_dynamic
+
+            with quiet(), in_scratch(work):
+                quantize_dynamic(str(static), str(out), nodes_to_quantize=dyn, op_types_to_quantize=["MatMul"],
+                                 per_channel=True, weight_type=QuantType.QInt8, reduce_range=reduce_range)
         return dyn
 
     # -- runtime ---------------------------------------------------------------------------------------------
