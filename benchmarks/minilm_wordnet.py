@@ -8,10 +8,11 @@ layers. Trained by `ondevice.distill`, exported to the four targets by `ondevice
 Quick mode does not fit the issue's 30 minutes on 2 cores. Measured on one thread per process: on a 2-core AMD EPYC
 (AVX2) the all-layer teacher took about 13 min (3 epochs on 6,000 glosses), each 3-layer student about 5 min per seed,
 the export and bench of two models about half an hour; on a 2-core Intel Xeon (AVX-512, AMX) the teacher took 6 min,
-the students step 27 min, the transfer step 43 min, embeddings 9 min, and the whole run 72 min as two processes (below).
+the students step 27 min, the transfer step 43 min, and the classifier steps with export 72 min as two processes; the
+embedding student on 48,000 glosses 25 min more, and the embed_scaling runs (12,000 and 24,000 glosses) 23 min.
 Every step resumes from its run folder, and two processes may run disjoint steps at once, one thread each (say
-`--steps students,two_layer,ablation,kd_sweep,more_steps` beside `--steps transfer,embed,export` once the students
-step has written its teacher.pt): each merges its results into runs/minilm-<mode>/state.json under a lock.
+`--steps students,two_layer,ablation,kd_sweep,more_steps,embed_scaling` beside `--steps transfer,embed,export` once
+the students step has written its teacher.pt): each merges its results into runs/minilm-<mode>/state.json under a lock.
 
 Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from it):
 1. teacher choice: a linear probe (frozen encoder, memoized vectors), a partial fine-tune (top 2 layers) and an
@@ -27,7 +28,8 @@ Steps (each writes its own run folder under runs/minilm-<mode>/ and resumes from
    seed, paired with the transfer-set students; then (strong_teacher) a teacher fine-tuned as long as those students
    train, and transfer-set students distilled from it, paired with the control's students of the same seeds;
 5. embedding mode (examples/minilm_embed.toml): the 3-layer student trained to reproduce the teacher's pooled
-   sentence vectors, judged by cosine and nearest-neighbour agreement@1/@10 on held-out glosses;
+   sentence vectors, judged by cosine and nearest-neighbour agreement@1/@10 on held-out glosses; embed_scaling: the
+   same on fewer glosses, and the trend of agreement@10 per doubling of the glosses (extrapolated, labelled so);
 6. export of teacher and students to every target at fp32 / fp16 / int8, verified on held-out glosses, and p50
    latency at batch 1 and 8 in the same runtime and precision.
 
@@ -58,23 +60,30 @@ MODES = {
               "teacher_epochs": 3, "choice_train": 2000, "ablation_train": 3000,
               "export_verify": 128, "export_models": ("teacher", "student_3"), "bench_accuracy": 500,
               "transfer_samples": 18000,
-              "embed": {"limit_train": 12000, "epochs": 2, "lr": 5e-4, "warmup_steps": 30}},
+              "embed": {"limit_train": 48000, "epochs": 2, "lr": 5e-4, "warmup_steps": 30},
+              "embed_scaling": [12000, 24000]},
     "full": {"limit_train": 30000, "limit_val": 2000, "limit_test": None, "seeds": [0, 1, 2], "epochs": 3,
              "teacher_epochs": 4, "choice_train": 8000, "ablation_train": 10000,
              "export_verify": 512, "export_models": ("teacher", "student_3", "student_2"), "bench_accuracy": 2000,
              "transfer_samples": 60000,
-             "embed": {"limit_train": None, "epochs": 3, "lr": 1e-4, "warmup_steps": 100}},
+             "embed": {"limit_train": None, "epochs": 3, "lr": 1e-4, "warmup_steps": 100},
+             "embed_scaling": [12000, 48000]},
 }
 
 
 # Embedding mode needs no labels, so it may see more glosses than the classifiers (None: every training gloss). The
 # recipe's schedule (lr 1e-4, 100 warm-up steps) suits the full split; on quick mode's 375 steps it stayed in warm-up
 # for a quarter of the run and ended at cosine 0.70 (measured: 2 epochs on 6,000 glosses), so quick mode takes a
-# larger step with a short warm-up.
-def _embed(m: dict) -> list[str]:
+# larger step with a short warm-up. embed_scaling: the same schedule on fewer glosses, to measure what more buy.
+def _embed(m: dict, limit_train: int | None | str = "mode") -> list[str]:
     e = m["embed"]
-    return [*_data(m, e["limit_train"] or "null"), f"train.epochs={e['epochs']}", f"train.lr={e['lr']}",
+    lt = e["limit_train"] if limit_train == "mode" else limit_train
+    return [*_data(m, lt or "null"), f"train.epochs={e['epochs']}", f"train.lr={e['lr']}",
             f"train.warmup_steps={e['warmup_steps']}"]
+
+
+def _embed_run(base: Path, limit_train: int | None) -> Path:
+    return base / f"embed-{limit_train or 'all'}"
 
 
 def _data(m: dict, limit_train: int | str | None = None) -> list[str]:
@@ -234,7 +243,37 @@ def longer_teacher(m: dict, base: Path, state: dict, threads: int) -> None:
 
 
 def embed(m: dict, base: Path, state: dict, threads: int) -> dict:
-    return run_distill("minilm_embed.toml", base / "embed", _embed(m), threads)
+    return run_distill("minilm_embed.toml", _embed_run(base, m["embed"]["limit_train"]), _embed(m), threads)
+
+
+def embed_scaling(m: dict, base: Path, state: dict, threads: int) -> list[dict]:
+    """The embedding student trained the same way on fewer glosses (m["embed_scaling"]): one row each."""
+    return [embed_row(run_distill("minilm_embed.toml", _embed_run(base, lt), _embed(m, lt), threads))
+            for lt in m["embed_scaling"]]
+
+
+def embed_row(res: dict) -> dict:
+    st = res["student"]
+    return {"train_glosses": res["split_sizes"]["train"], "epochs": res["epochs"], "cosine": st["test_cosine"],
+            "at1": st["test_nn_agreement@1"], "at10": st["test_nn_agreement@10"],
+            "minutes": res["seconds_total"] / 60}
+
+
+def embed_trend(rows: list[dict], goal: float = 0.9) -> dict | None:
+    """Agreement@10 against log2(training glosses), least squares over the runs: the gain per doubling, and how many
+    more doublings of the largest run would reach `goal` at that rate (an extrapolation, labelled so)."""
+    import numpy as np
+
+    if len(rows) < 2:
+        return None
+    x = np.log2([r["train_glosses"] for r in rows])
+    y = np.array([r["at10"] for r in rows])
+    slope = float(np.polyfit(x, y, 1)[0])
+    top = max(rows, key=lambda r: r["train_glosses"])
+    more = (goal - top["at10"]) / slope if slope > 1e-6 and top["at10"] < goal else None  # no gain: no estimate
+    return {"at10_gain_per_doubling": slope, "runs": len(rows), "goal": goal,
+            "doublings_to_goal_estimated": more,
+            "glosses_to_goal_estimated": None if more is None else top["train_glosses"] * 2 ** more}
 
 
 def export(m: dict, base: Path, state: dict, threads: int) -> dict:
@@ -404,6 +443,8 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
             by_model.setdefault(row["model"], []).append(row)
         ex = {**ex, **_int8(by_model)}
     emb = (state.get("embed") or {}).get("student") or {}
+    scaling = sorted([*(state.get("embed_scaling") or []), *([embed_row(state["embed"])] if emb else [])],
+                     key=lambda r: r["train_glosses"])
     return {
         "mode": mode, "seeds": m["seeds"], "subsample": {k: m[k] for k in ("limit_train", "limit_val", "limit_test")},
         "embed_schedule": m["embed"],
@@ -431,6 +472,7 @@ def assemble(mode: str, m: dict, state: dict) -> dict:
         "int8_verified": ex.get("int8_verified"), "int8_failed": ex.get("int8_failed"),
         "embed_agreement_at10": emb.get("test_nn_agreement@10"), "embed_agreement_at1": emb.get(
             "test_nn_agreement@1"), "embed_cosine": emb.get("test_cosine"),
+        "embed_scaling": scaling, "embed_trend": embed_trend(scaling),
         "teacher_choice": state.get("teacher_choice"), "teacher_choice_rule_now": CHOICE_RULE,
         "teacher_runs": state.get("teacher_runs"),
         "ablation": state.get("ablation"), "ablation_se_points": ablation_se(state.get("ablation"), n),
@@ -591,10 +633,36 @@ def markdown(r: dict) -> str:
         lines += [f"| {a['model']} | {a['target']} | {a['precision']} | {a['status']} | {a['size_bytes'] or '-'} | "
                   f"{_f(a['sqnr_db'], '.1f')} | {_f(a['accuracy'])} | {_f(a['p50_ms'], '.3f')} |"
                   for a in r["artifacts"]]
-    lines += ["", f"Embedding student: cosine {_f(r['embed_cosine'])}, NN agreement@1 {_f(r['embed_agreement_at1'])}, "
-                  f"@10 {_f(r['embed_agreement_at10'])}. int8: size ratio max {_f(r['int8_size_ratio_max'], '.3f')},"
-                  f" accuracy drop max {_f(r['int8_accuracy_drop_max'], '.2f')} points."]
+    lines += ["", f"int8: size ratio max {_f(r['int8_size_ratio_max'], '.3f')}, accuracy drop max "
+                  f"{_f(r['int8_accuracy_drop_max'], '.2f')} points.", "", *embed_lines(r)]
     return "\n".join(lines) + "\n"
+
+
+def embed_lines(r: dict) -> list[str]:
+    """The embedding student's numbers, the runs on fewer glosses beside it, and the trend (estimated)."""
+    e = r.get("embed_schedule") or {}
+    lines = [f"Embedding student ({e.get('limit_train') or 'every'} training glosses, {e.get('epochs')} epochs): "
+             f"cosine {_f(r['embed_cosine'])}, NN agreement@1 {_f(r['embed_agreement_at1'])}, "
+             f"@10 {_f(r['embed_agreement_at10'])} (set overlap of the 10 nearest of 2,000 held-out glosses)."]
+    if len(r.get("embed_scaling") or []) > 1:
+        lines += ["", "| training glosses | epochs | cosine | agreement@1 | agreement@10 | minutes |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {x['train_glosses']} | {x['epochs']} | {_f(x['cosine'])} | {_f(x['at1'])} | {_f(x['at10'])} | "
+                  f"{_f(x['minutes'], '.1f')} |" for x in r["embed_scaling"]]
+    t = r.get("embed_trend")
+    if t:
+        lines += ["", trend_sentence(t)]
+    return lines
+
+
+def trend_sentence(t: dict) -> str:
+    s = (f"Agreement@10 gains {t['at10_gain_per_doubling']:+.3f} per doubling of the training glosses (least squares "
+         f"over {t['runs']} runs)")
+    if t["doublings_to_goal_estimated"] is None:
+        return s + "."
+    return (s + f"; at that rate {t['goal']} would take about {t['doublings_to_goal_estimated']:.1f} more doublings, "
+            f"{t['glosses_to_goal_estimated']:,.0f} glosses (estimated by extrapolation, not measured; WordNet has "
+            "117,659).")
 
 
 # step name -> (its key in runs/minilm-<mode>/state.json, what runs it), in dependency order: the choice sets the
@@ -611,6 +679,7 @@ STEPS = {
     "longer_teacher": (None, longer_teacher),
     "strong_teacher": ("strong_teacher", strong_teacher),
     "embed": ("embed", embed),
+    "embed_scaling": ("embed_scaling", embed_scaling),
     "export": ("export", export),
 }
 

@@ -511,9 +511,28 @@ def minilm_ablation_section(results: Path) -> str:
             f"standard errors of a difference {noise:.1f}: {verdict}.")
 
 
+def minilm_embed_section(results: Path) -> str:
+    """The embedding student (the file's embed_* fields): its agreement with the teacher, the runs on fewer glosses
+    and the trend, in the benchmark's own sentence."""
+    if not (results / "minilm_wordnet.json").exists():
+        return ""
+    r = load("minilm_wordnet.json", results)
+    rows, t = r.get("embed_scaling") or [], r.get("embed_trend")
+    if r.get("embed_agreement_at10") is None or not rows:
+        return ""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from minilm_wordnet import trend_sentence  # the benchmark's own sentence (benchmarks/minilm_wordnet.py)
+
+    each = "; ".join(f"{x['train_glosses']:,} glosses: cosine {x['cosine']:.3f}, agreement@10 {x['at10']:.3f}"
+                     for x in rows)
+    return (f"Embedding student (`embed_scaling`, the 3-layer student trained on the teacher's sentence vectors, "
+            f"{rows[0]['epochs']} epochs; agreement@10 is the overlap of the 10 nearest of 2,000 held-out glosses): "
+            f"{each}. " + (trend_sentence(t) if t else ""))
+
+
 SECTIONS = (machines_section, distill_section, single_seed_section, study_section, targets_section, conformance_section,
             minilm_section, minilm_teachers_section, minilm_seeds_section, minilm_ablation_section,
-            minilm_kd_sweep_section, latency_section,
+            minilm_kd_sweep_section, minilm_embed_section, latency_section,
             speed_section, harness_section, main_command_section)
 
 
