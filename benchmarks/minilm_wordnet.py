@@ -75,10 +75,9 @@ MODES = {
 # recipe's schedule (lr 1e-4, 100 warm-up steps) suits the full split; on quick mode's 375 steps it stayed in warm-up
 # for a quarter of the run and ended at cosine 0.70 (measured: 2 epochs on 6,000 glosses), so quick mode takes a
 # larger step with a short warm-up. embed_scaling: the same schedule on fewer glosses, to measure what more buy.
-def _embed(m: dict, limit_train: int | None | str = "mode") -> list[str]:
+def _embed(m: dict, limit_train: int | None) -> list[str]:
     e = m["embed"]
-    lt = e["limit_train"] if limit_train == "mode" else limit_train
-    return [*_data(m, lt or "null"), f"train.epochs={e['epochs']}", f"train.lr={e['lr']}",
+    return [*_data(m, limit_train or "null"), f"train.epochs={e['epochs']}", f"train.lr={e['lr']}",
             f"train.warmup_steps={e['warmup_steps']}"]
 
 
@@ -243,7 +242,8 @@ def longer_teacher(m: dict, base: Path, state: dict, threads: int) -> None:
 
 
 def embed(m: dict, base: Path, state: dict, threads: int) -> dict:
-    return run_distill("minilm_embed.toml", _embed_run(base, m["embed"]["limit_train"]), _embed(m), threads)
+    lt = m["embed"]["limit_train"]
+    return run_distill("minilm_embed.toml", _embed_run(base, lt), _embed(m, lt), threads)
 
 
 def embed_scaling(m: dict, base: Path, state: dict, threads: int) -> list[dict]:
@@ -254,8 +254,8 @@ def embed_scaling(m: dict, base: Path, state: dict, threads: int) -> list[dict]:
 
 def embed_row(res: dict) -> dict:
     st = res["student"]
-    return {"train_glosses": res["split_sizes"]["train"], "epochs": res["epochs"], "cosine": st["test_cosine"],
-            "at1": st["test_nn_agreement@1"], "at10": st["test_nn_agreement@10"],
+    return {"train_glosses": res["split_sizes"]["train"], "epochs": res["epochs"], "test_glosses": st["test_n"],
+            "cosine": st["test_cosine"], "at1": st["test_nn_agreement@1"], "at10": st["test_nn_agreement@10"],
             "minutes": res["seconds_total"] / 60}
 
 
@@ -643,7 +643,7 @@ def embed_lines(r: dict) -> list[str]:
     e = r.get("embed_schedule") or {}
     lines = [f"Embedding student ({e.get('limit_train') or 'every'} training glosses, {e.get('epochs')} epochs): "
              f"cosine {_f(r['embed_cosine'])}, NN agreement@1 {_f(r['embed_agreement_at1'])}, "
-             f"@10 {_f(r['embed_agreement_at10'])} (set overlap of the 10 nearest of 2,000 held-out glosses)."]
+             f"@10 {_f(r['embed_agreement_at10'])} ({overlap_phrase(r['embed_scaling'])})."]
     if len(r.get("embed_scaling") or []) > 1:
         lines += ["", "| training glosses | epochs | cosine | agreement@1 | agreement@10 | minutes |",
                   "|---|---|---|---|---|---|"]
@@ -655,6 +655,14 @@ def embed_lines(r: dict) -> list[str]:
     return lines
 
 
+def overlap_phrase(rows: list[dict]) -> str:
+    n = {x["test_glosses"] for x in rows}
+    return f"set overlap of the 10 nearest of {'/'.join(f'{k:,}' for k in sorted(n))} held-out glosses"
+
+
+WORDNET_GLOSSES = 117_659  # every synset gloss of WordNet 3.0 (data.noun/verb/adj/adv), the count
+
+
 def trend_sentence(t: dict) -> str:
     s = (f"Agreement@10 gains {t['at10_gain_per_doubling']:+.3f} per doubling of the training glosses (least squares "
          f"over {t['runs']} runs)")
@@ -662,7 +670,7 @@ def trend_sentence(t: dict) -> str:
         return s + "."
     return (s + f"; at that rate {t['goal']} would take about {t['doublings_to_goal_estimated']:.1f} more doublings, "
             f"{t['glosses_to_goal_estimated']:,.0f} glosses (estimated by extrapolation, not measured; WordNet has "
-            "117,659).")
+            f"{WORDNET_GLOSSES:,}).")
 
 
 # step name -> (its key in runs/minilm-<mode>/state.json, what runs it), in dependency order: the choice sets the

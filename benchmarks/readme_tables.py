@@ -471,10 +471,7 @@ def minilm_seeds_section(results: Path) -> str:
                    "from the teacher" if c.get("beats_distilled") else "") + "."
                 + _weaker_teacher(r, [p["baseline_errors"] for p in v["per_seed"]]))
     if r.get("strong_teacher"):
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from minilm_wordnet import strong_sentence  # the benchmark's own sentence (benchmarks/minilm_wordnet.py)
-
-        out += " " + strong_sentence(r["strong_teacher"])
+        out += " " + _minilm().strong_sentence(r["strong_teacher"])
     return out
 
 
@@ -521,14 +518,20 @@ def minilm_embed_section(results: Path) -> str:
     rows, t = r.get("embed_scaling") or [], r.get("embed_trend")
     if r.get("embed_agreement_at10") is None or not rows:
         return ""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from minilm_wordnet import trend_sentence  # the benchmark's own sentence (benchmarks/minilm_wordnet.py)
-
+    mw = _minilm()
     each = "; ".join(f"{x['train_glosses']:,} glosses: cosine {x['cosine']:.3f}, agreement@10 {x['at10']:.3f}"
                      for x in rows)
     return (f"Embedding student (`embed_scaling`, the 3-layer student trained on the teacher's sentence vectors, "
-            f"{rows[0]['epochs']} epochs; agreement@10 is the overlap of the 10 nearest of 2,000 held-out glosses): "
-            f"{each}. " + (trend_sentence(t) if t else ""))
+            f"{rows[0]['epochs']} epochs; agreement@10 is the {mw.overlap_phrase(rows)}): "
+            f"{each}. " + (mw.trend_sentence(t) if t else ""))
+
+
+def _minilm():
+    """benchmarks/minilm_wordnet.py, whose own sentences the MiniLM sections reuse."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import minilm_wordnet
+
+    return minilm_wordnet
 
 
 SECTIONS = (machines_section, distill_section, single_seed_section, study_section, targets_section, conformance_section,

@@ -64,7 +64,8 @@ def test_result_file_has_the_fields_the_issue_names():
                           "gain_errors_mean": 35.0, "gain_ci95": [10.0, 50.0]},
              "export": {"artifacts": [r for rs in ROWS.values() for r in rs], "speedup_p50_batch1": 2.5,
                         "speedup_runtime": "onnxruntime fp32"},
-             "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97},
+             "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97,
+                                   "test_n": 1000},
                        "split_sizes": {"train": 48000}, "epochs": 2, "seconds_total": 600.0},
              "ablation": {"kd + ce": {"test_acc": 0.62, "train_samples": 3000},
                           "+ hidden_cos (DistilBERT)": {"test_acc": 0.58, "train_samples": 3000}},
@@ -209,7 +210,7 @@ def test_paired_comparisons_use_only_the_seeds_both_sides_ran_and_per_seed_folde
 def test_embedding_runs_on_fewer_glosses_give_the_trend_and_an_extrapolation_labelled_estimated():
     """Agreement@10 against log2(training glosses), least squares: 0.50 at 12k, 0.55 at 24k, 0.60 at 48k is +0.05 per
     doubling, so 0.9 is 6 more doublings of 48,000 glosses away; the Markdown says it is an estimate."""
-    runs = [{"student": {"test_cosine": c, "test_nn_agreement@1": a1, "test_nn_agreement@10": a10},
+    runs = [{"student": {"test_cosine": c, "test_nn_agreement@1": a1, "test_nn_agreement@10": a10, "test_n": 2000},
              "split_sizes": {"train": n}, "epochs": 2, "seconds_total": 60.0 * n / 1000}
             for n, c, a1, a10 in ((12000, 0.80, 0.40, 0.50), (24000, 0.85, 0.45, 0.55), (48000, 0.90, 0.50, 0.60))]
     state = {"embed": runs[2], "embed_scaling": [minilm_wordnet.embed_row(r) for r in runs[:2]]}
@@ -223,6 +224,7 @@ def test_embedding_runs_on_fewer_glosses_give_the_trend_and_an_extrapolation_lab
     md = minilm_wordnet.markdown(r)
     assert "| 24000 | 2 | 0.8500 | 0.4500 | 0.5500 | 24.0 |" in md
     assert "gains +0.050 per doubling" in md and "about 6.0 more doublings, 3,072,000 glosses (estimated" in md
+    assert "(set overlap of the 10 nearest of 2,000 held-out glosses)" in md
     assert minilm_wordnet.embed_trend(state["embed_scaling"][:1]) is None  # one run: no trend
     flat = [{**x, "at10": 0.6} for x in r["embed_scaling"]]
     assert minilm_wordnet.embed_trend(flat)["doublings_to_goal_estimated"] is None  # no gain: nothing to extrapolate

@@ -201,13 +201,14 @@ def test_int8_gives_an_outlier_input_block_wise_scales(outlier_case, tmp_path, p
     producer = {o: n.op_type for n in graph.node for o in n.output}
     norm = next(n for n in graph.node if n.op_type == "LayerNormalization")
     assert norm.input[1] not in producer and norm.input[2] not in producer  # float initializers, no DequantizeLinear
-    notes = {p.key: p.value for p in graph_metadata(art.path)}
+    notes = graph_metadata(art.path)
     assert notes["ondevice.outlier_nodes"].startswith("1 weight MatMul/Gemm node(s) whose calibrated input has outliers")
     assert art.verification["sqnr_db"] > 18.0
     if precision == "int8_dynamic":
         plain = export(model, TARGET, precision, out=tmp_path / "plain", verify_data=(x[64:], None), thresholds=LOOSE)
         assert plain.inspect["ops"].get("com.microsoft.MatMulNBits", 0) == 0 and plain.inspect["ops"]["MatMulInteger"] == 2
-        assert {p.key: p.value for p in graph_metadata(plain.path)}["ondevice.outlier_nodes"].startswith("not checked")
+        assert graph_metadata(plain.path)["ondevice.outlier_nodes"] == (
+            "not checked: no calibration samples were given (every weight MatMul has a per-tensor activation scale)")
         assert art.verification["sqnr_db"] > plain.verification["sqnr_db"] + 10.0
 
 
@@ -219,18 +220,18 @@ def test_outliers_per_tensor_keeps_the_fast_scheme_and_says_so(outlier_case, tmp
     art = export(model, TARGET, precision, out=tmp_path / "m", calibration=x[:64], verify_data=(x[64:], None),
                  thresholds=LOOSE, outliers="per_tensor")
     assert art.status == "verified", art.error
-    ops, note = art.inspect["ops"], {p.key: p.value for p in graph_metadata(art.path)}["ondevice.outlier_nodes"]
+    ops, note = art.inspect["ops"], graph_metadata(art.path)["ondevice.outlier_nodes"]
     assert ops.get("com.microsoft.MatMulNBits", 0) == 0
     if precision == "int8_dynamic":
-        assert ops["MatMulInteger"] == 2 and note.startswith("not checked"), note
+        assert ops["MatMulInteger"] == 2 and note.startswith("not checked: option outliers='per_tensor'"), note
     else:
         assert ops["MatMulInteger"] == 1 and "input quantized per tensor at run time" in note, note
     with pytest.raises(ValueError, match=r"option outliers='rowwise': valid values are 'blockwise', 'per_tensor'"):
         export(model, TARGET, precision, out=tmp_path / "bad", calibration=x[:64], outliers="rowwise")
 
 
-def graph_metadata(path):
-    return onnx.load(str(path)).metadata_props
+def graph_metadata(path) -> dict[str, str]:
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
 
 
 def test_outlier_rule_names_the_matmul_whose_input_has_outliers(outlier_case, tmp_path):
@@ -243,6 +244,33 @@ def test_outlier_rule_names_the_matmul_whose_input_has_outliers(outlier_case, tm
     names = [n.name for n in g32.node if n.op_type == "MatMul"]
     found = outlier_matmuls(Path(fp32.path), tmp_path, {g32.input[0].name: x[:64]}, 32)
     assert len(names) == 2 and found == [names[1]]
+
+
+def test_an_outlier_gemm_stays_float(tmp_path):
+    """A 2-D input exports the linear layers as Gemm; the rule names the Gemm whose input has the outlier channel, and
+    MatMulNBits cannot take a Gemm, so it stays float (float weight initializer, no DequantizeLinear before it) while
+    the other Gemm is static int8; the metadata says so."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 256), _Scale(), nn.Linear(256, 4)).eval()
+    with torch.no_grad():
+        net[2].weight[:, 0] /= 100.0
+    x = torch.randn(96, 16).numpy()  # (N, features): Gemm
+    art = export(net, TARGET, "int8_static", out=tmp_path / "g", calibration=x[:64], verify_data=(x[64:], None),
+                 thresholds=LOOSE)
+    assert art.status == "verified", art.error
+    graph = onnx.load(str(art.path)).graph
+    inits = {i.name for i in graph.initializer}
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    assert len(gemms) == 2 and art.inspect["ops"].get("com.microsoft.MatMulNBits", 0) == 0
+    float_gemms = [n for n in gemms if n.input[1] in inits]  # the weight read straight from a float initializer
+    assert len(float_gemms) == 1
+    note = graph_metadata(art.path)["ondevice.outlier_nodes"]
+    assert note.startswith("1 weight MatMul/Gemm node(s)") and note.endswith(float_gemms[0].name), note
+
+
+class _Scale(nn.Module):
+    def forward(self, h):  # h (N, 256): channel 0 is 100x the others
+        return h * torch.cat([torch.full((1,), 100.0), torch.ones(255)])
 
 
 def test_int8_dynamic_calibration_must_name_the_inputs(outlier_case, tmp_path):

@@ -188,10 +188,10 @@ OUTLIER_SCHEMES = {
 
 def outlier_note(nodes: list[str] | None, scheme: str) -> str:
     """metadata_props ondevice.outlier_nodes: the weight MatMuls whose calibrated input has outliers and what they
-    became, or (nodes None) that none were looked for."""
+    became, or (nodes None) why none were looked for."""
     if nodes is None:
-        return ("not checked: no calibration samples were given, or option outliers='per_tensor' (every weight MatMul "
-                "has a per-tensor activation scale)")
+        why = "option outliers='per_tensor'" if scheme == "per_tensor" else "no calibration samples were given"
+        return f"not checked: {why} (every weight MatMul has a per-tensor activation scale)"
     return (f"{len(nodes)} weight MatMul/Gemm node(s) whose calibrated input has outliers: {OUTLIER_SCHEMES[scheme]}"
             f" (option outliers={scheme!r}; a Gemm stays float): {', '.join(nodes) or 'none'}")
 
@@ -330,9 +330,8 @@ class OnnxRuntimeTarget(Target):
                 raise
             except Exception as e:
                 raise _conversion_error(e, precision.name, precision.name, name) from e
-        notes = {"ondevice.reduce_range": f"{str(rr).lower()}: {rr_why}"} if precision.name.startswith("int8") else {}
-        if precision.name.startswith("int8"):
-            notes["ondevice.outlier_nodes"] = outlier_note(dyn, outliers)
+        notes = {"ondevice.reduce_range": f"{str(rr).lower()}: {rr_why}",
+                 "ondevice.outlier_nodes": outlier_note(dyn, outliers)} if precision.name.startswith("int8") else {}
         write_metadata(out, spec, notes)
         return given  # the path as the caller named it
 
@@ -399,7 +398,7 @@ class OnnxRuntimeTarget(Target):
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.registry import QDQRegistry
 
-        if not calibration or _n_samples(calibration) == 0:
+        if _n_samples(calibration) == 0:
             raise ConfigError("onnxruntime int8_static needs calibration= real samples (e.g. 256 training samples)")
         pre = work / "pre.onnx"  # absolute, as `out` is (export resolves it before in_scratch changes directory)
         self._pre_process(src, pre)
