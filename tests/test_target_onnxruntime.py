@@ -202,11 +202,13 @@ def test_int8_gives_an_outlier_input_block_wise_scales(outlier_case, tmp_path, p
     norm = next(n for n in graph.node if n.op_type == "LayerNormalization")
     assert norm.input[1] not in producer and norm.input[2] not in producer  # float initializers, no DequantizeLinear
     notes = graph_metadata(art.path)
-    assert notes["ondevice.outlier_nodes"].startswith("1 weight MatMul/Gemm node(s) whose calibrated input has outliers")
+    assert notes["ondevice.outlier_nodes"].startswith(
+        "1 weight MatMul/Gemm node(s) whose calibrated input has outliers")
     assert art.verification["sqnr_db"] > 18.0
     if precision == "int8_dynamic":
         plain = export(model, TARGET, precision, out=tmp_path / "plain", verify_data=(x[64:], None), thresholds=LOOSE)
-        assert plain.inspect["ops"].get("com.microsoft.MatMulNBits", 0) == 0 and plain.inspect["ops"]["MatMulInteger"] == 2
+        plain_ops = plain.inspect["ops"]
+        assert plain_ops.get("com.microsoft.MatMulNBits", 0) == 0 and plain_ops["MatMulInteger"] == 2
         assert graph_metadata(plain.path)["ondevice.outlier_nodes"] == (
             "not checked: no calibration samples were given (every weight MatMul has a per-tensor activation scale)")
         assert art.verification["sqnr_db"] > plain.verification["sqnr_db"] + 10.0

@@ -121,9 +121,9 @@ STATIC_SKIP = frozenset({"LayerNormalization"})
 
 def outlier_matmuls(pre: Path, work: Path, calibration: dict[str, np.ndarray], batch: int) -> list[str]:
     """Names of the MatMul / Gemm nodes with a weight initializer whose activation input, run on up to OUTLIER_SAMPLES
-    calibration samples, has outliers (ondevice.outliers.has_outliers). Measured on the MiniLM teacher
-    (benchmarks/minilm_wordnet.py, 512 held-out glosses, through this target): every QDQ op static 11.8 dB and top-1
-    agreement 0.875; LayerNormalization float 15.8 dB and 0.916; those MatMuls (FFN up- and down-projections) with
+    calibration samples, has outliers (ondevice.outliers.has_outliers). Measured on the MiniLM teacher, 512 held-out
+    glosses (benchmarks/results/int8_transformer_variants.json): every QDQ op static 11.8 dB and top-1 agreement
+    0.875; LayerNormalization float 15.8 dB and 0.916; those MatMuls (FFN up- and down-projections) with
     their input quantized per tensor at run time, 23.3 dB and 0.973 (all of int8_dynamic so: 24.1 dB, 0.969); left
     float, 31.8 dB and 0.988 but a file 0.41x fp32; as block-wise MatMulNBits (fine_grained_matmuls), 31.8 dB and
     0.992 at 0.26x (int8_static so: 28.4 dB, 0.982)."""
@@ -168,8 +168,8 @@ def fine_grained_matmuls(src: Path, out: Path, nodes: list[str]) -> None:
     of OUTLIER_BLOCK along K, and accuracy_level 4, which quantizes the input to int8 per block of each row at run
     time, so one outlier channel costs the precision of its own block only (ONNX Runtime's DynamicQuantizeLinear takes
     one scale for the whole tensor). A Gemm among `nodes` stays float (MatMulNBits replaces MatMul only). MiniLM
-    teacher, batch 1, 1 thread, AVX-512 VNNI: 4.7 ms against 2.7 ms with those MatMuls per-tensor dynamic and 8.9 ms
-    in fp32; with a float-compute accuracy_level, 11.5 ms (slower than fp32: measured)."""
+    teacher, batch 1, 1 thread, AVX-512 VNNI (benchmarks/results/int8_transformer_variants.json): int8_dynamic 4.3 ms
+    against 2.5 ms with those MatMuls per tensor and 7.0 ms in fp32; with a float-compute accuracy_level, 9.7 ms."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
