@@ -218,6 +218,9 @@ class GatesSpec(_Strict):
 
 
 _LATER_SECTIONS = frozenset({"task", "seeds"})
+# (section, key): settings that choose what is evaluated, never what is trained (the training and validation splits
+# do not depend on them): left out of the training checkpoints' hash (Recipe.section_hash(training_only=True))
+EVAL_ONLY = (("data", "limit_test"),)
 
 
 class Recipe(_Strict):
@@ -278,13 +281,17 @@ class Recipe(_Strict):
         d["task"] = {"name": self.task.name, **self.task.params()}
         return d
 
-    def section_hash(self, *sections: str) -> str:
+    def section_hash(self, *sections: str, training_only: bool = False) -> str:
         """Stable hash of the named sections (e.g. the inputs of one pipeline stage).
 
         Settings left at their defaults do not enter it, so an optional setting added by a later ondevice version
-        does not invalidate checkpoints and cached stages written before it existed.
+        does not invalidate checkpoints and cached stages written before it existed. `training_only` leaves out the
+        settings that change what is evaluated and never what is trained (EVAL_ONLY): a training checkpoint keyed by
+        it is reused when only the test subsample changed, so the finished run is re-scored, not retrained.
         """
         d = self.model_dump(mode="json", exclude_defaults=True)
+        for section, key in EVAL_ONLY if training_only else ():
+            (d.get(section) or {}).pop(key, None)
         for t in (d.get("train"), (d.get("teacher") or {}).get("train")):
             if isinstance(t, dict):
                 t.pop("device", None)  # a checkpoint resumes on any device

@@ -230,7 +230,8 @@ def _train_teacher(run: Run, model: torch.nn.Module) -> tuple[torch.nn.Module, P
     r, t = run.recipe, run.recipe.teacher
     if t.train is None:
         return model.eval(), None
-    h = r.section_hash("teacher", "data", "seed", "task")  # a finished checkpoint makes this a no-op reuse
+    # a finished checkpoint makes this a no-op reuse (also when only the test subsample changed)
+    h = r.section_hash("teacher", "data", "seed", "task", training_only=True)
     st = run.setup(t.train, seed=r.seed + 1, phase_hash=h, augment=t.augment or r.data.augment)
     res = train_phase("teacher", model, build_loss([{"name": "ce", "weight": 1.0}]), run.splits.train,
                       run.splits.val, st)
@@ -259,6 +260,11 @@ class SeedRun:
     base_test: dict | None = None
 
 
+def _student_hash(r: Recipe) -> str:
+    """What a student phase's checkpoint is keyed by: everything that shapes its training, not the test subsample."""
+    return r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task", training_only=True)
+
+
 def _phase_name(base: str, seed: int, run: Run) -> str:
     return base if seed == run.recipe.student_seeds[0] else f"{base}.seed{seed}"
 
@@ -281,7 +287,7 @@ def _distilled(run: Run, teacher: torch.nn.Module, seed: int, t_out_cache: dict)
             batch_size=r.train.eval_batch_size, device=run.device,
             autocast=autocast_factory(run.device, r.train.precision), top_k=loss.teacher_top_k())
     t_out = t_out_cache.get("t_out") if loss.needs_teacher else None
-    h = r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task")
+    h = _student_hash(r)
     st = run.setup(r.train, seed=seed, phase_hash=h, teacher=t_out, student_layers=s_layers, augment=r.data.augment)
     res = train_phase(_phase_name("distill", seed, run), student, loss, run.splits.distill_train(), run.splits.val,
                       st)
@@ -293,7 +299,7 @@ def _baseline(run: Run, teacher: torch.nn.Module, seed: int) -> tuple[torch.nn.M
 
     r = run.recipe
     baseline = build_student(r, teacher, seed).to(run.device)
-    h = r.section_hash("teacher", "student", "data", "train", "distill", "seed", "task")
+    h = _student_hash(r)
     st = run.setup(r.train, seed=seed, phase_hash=h, augment=r.data.augment)
     res = train_phase(_phase_name("baseline", seed, run), baseline, build_loss([{"name": "ce", "weight": 1.0}]),
                       run.splits.train, run.splits.val, st)

@@ -108,6 +108,26 @@ def test_second_run_reuses_checkpoints(digits_run):
     assert again.results["student"]["test_errors"] == res.results["student"]["test_errors"]
 
 
+def test_a_new_test_subsample_rescores_without_retraining(digits_run):
+    """data.limit_test chooses what is evaluated, never what is trained: the finished checkpoints are reused (no
+    epoch runs again) and only the test metrics change; a change that shapes training still refuses them."""
+    res, tmp = digits_run
+    ckpts = {p.name: p.stat().st_mtime_ns for p in (res.output_dir / "checkpoints").iterdir()}
+    lines = (res.output_dir / "metrics.jsonl").read_text().count("\n")
+    r = load_recipe(tmp / "r.toml", ["data.limit_test=50"])
+    assert r.section_hash("data", training_only=True) == load_recipe(tmp / "r.toml").section_hash(
+        "data", training_only=True)
+    assert r.section_hash("data") != load_recipe(tmp / "r.toml").section_hash("data")  # stage caches still see it
+    again = distill(r).results
+    assert {p.name: p.stat().st_mtime_ns for p in (res.output_dir / "checkpoints").iterdir()} == ckpts
+    assert (res.output_dir / "metrics.jsonl").read_text().count("\n") == lines  # no epoch trained again
+    assert again["student"]["test_n"] == 50 != res.results["student"]["test_n"]
+    assert again["seconds_training"] == pytest.approx(res.results["seconds_training"])  # the epochs' own times
+    with pytest.raises(CheckpointError, match="different recipe"):
+        distill(load_recipe(tmp / "r.toml", ["data.limit_train=400"]))
+    distill(load_recipe(tmp / "r.toml"))  # the folder is left as the module's other tests expect
+
+
 @pytest.mark.parametrize("augment", ["{ shift = 1 }", "{ hflip = true }"])
 def test_augmentation_computes_teacher_outputs_live(tmp_path, augment):
     p = write_recipe(tmp_path, epochs=1, shift=0)
