@@ -79,7 +79,7 @@ def _export_all(base: Path, recipe, m: dict) -> dict[str, list[dict]]:
     ex = recipe.export
     splits = load_data(recipe.data, recipe.seed)
     samples = export_samples(splits, ex.calibration_samples, m.get("export_verify", ex.verify_samples))
-    jobs = [(t.target, t.precisions, t.options) for t in ex.targets]
+    jobs = export_jobs(ex, m)
     out: dict[str, list[dict]] = {}
     for label, folder, model in _models(base, m.get("export_models", [x[0] for x in MODELS])):
         res = read_json(folder / "results.json")
@@ -97,6 +97,12 @@ def _export_all(base: Path, recipe, m: dict) -> dict[str, list[dict]]:
                            task=res.get("task"), **samples)
         out[label] = [a.to_dict() for a in arts]
     return out
+
+
+def export_jobs(ex, m: dict) -> list[tuple[str, list[str], dict]]:
+    """(target, precisions, options) of the recipe's export section; a mode's export_precisions keeps only those."""
+    keep = m.get("export_precisions")
+    return [(t.target, [p for p in t.precisions if keep is None or p in keep], t.options) for t in ex.targets]
 
 
 def _recorded(base: Path, label: str, weights_sha: str | None, jobs: list, n_verify: int) -> list[dict] | None:

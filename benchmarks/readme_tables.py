@@ -347,18 +347,10 @@ def minilm_section(results: Path) -> str:
     if not (results / "minilm_wordnet.json").exists():
         return ""
     r = load("minilm_wordnet.json", results)
-    sub, p = r["subsample"], r["distilbert_paper"]
-    where = (f"quick mode: a subsample of {sub['limit_train']:,} training glosses, {sub['limit_test'] or 'all'} test "
-             f"glosses, seeds {r['seeds']}; not the full run" if r["mode"] == "quick" else f"full mode, seeds {r['seeds']}")
-    drop, ret, nn10 = r["int8_accuracy_drop_max"], r["retention"], r["embed_agreement_at10"]
+    p = r["distilbert_paper"]
     failed = len(r.get("int8_failed") or [])
-    rows = [f"| ondevice, measured ({where}) | {_pct(r['teacher_accuracy'])} | {_pct(r['distilled_accuracy'])} | "
-            f"{_pct(r['hard_label_accuracy'])} | {_pct(r['two_layer_accuracy'])} | "
-            f"{'n/a' if ret is None else format(ret, '.3f')} | "
-            f"{_x(r['speedup_p50_batch1'])} ({r['speedup_runtime'] or 'not measured'}) | "
-            f"{_x(r['int8_size_ratio_max'], '.3f')} ({r.get('int8_size_ratio_max_at') or '-'}) | "
-            f"{'n/a' if drop is None else format(drop, '.2f')} | "
-            f"{'n/a' if nn10 is None else format(nn10, '.3f')} |",
+    quick = load("minilm_wordnet_quick.json", results) if (results / "minilm_wordnet_quick.json").exists() else None
+    rows = [_minilm_row(r), *([_minilm_row(quick)] if quick else []),
             f"| DistilBERT paper, published ({p['layers']} layers, {p['source']}) | | | | | {p['retention']} | "
             f"{p['speedup']}x | | | |",
             "| goal | | | | | >= 0.97 | >= 1.8x | <= 0.3x | <= 1 point | >= 0.9 |"]
@@ -372,6 +364,23 @@ def minilm_section(results: Path) -> str:
             "| | teacher | 3-layer distilled | 3-layer hard labels | 2-layer distilled | retention | speedup p50 "
             "batch 1 | int8 size max | int8 accuracy drop max (points) | embedding NN agreement@10 |\n"
             "|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+
+
+def _minilm_row(r: dict) -> str:
+    """One measured row of the DistilBERT table: which mode, on how many glosses, and the goals' numbers."""
+    sub, drop, ret, nn10 = r["subsample"], r["int8_accuracy_drop_max"], r["retention"], r["embed_agreement_at10"]
+    test = f"{sub['limit_test']:,} test glosses" if sub["limit_test"] else f"every test gloss ({r['test_n']:,})"
+    where = f"{r['mode']} mode: {sub['limit_train']:,} labelled training glosses, {test}, seeds {r['seeds']}"
+    if r["mode"] == "quick":
+        mins = sum(v["minutes"] for v in (r.get("step_minutes") or {}).values())
+        where += f"; a smoke run, {mins:.0f} min for every step here" if mins else "; a smoke run"
+    return (f"| ondevice, measured ({where}) | {_pct(r['teacher_accuracy'])} | {_pct(r['distilled_accuracy'])} | "
+            f"{_pct(r['hard_label_accuracy'])} | {_pct(r['two_layer_accuracy'])} | "
+            f"{'n/a' if ret is None else format(ret, '.3f')} | "
+            f"{_x(r['speedup_p50_batch1'])} ({r['speedup_runtime'] or 'not measured'}) | "
+            f"{_x(r['int8_size_ratio_max'], '.3f')} ({r.get('int8_size_ratio_max_at') or '-'}) | "
+            f"{'n/a' if drop is None else format(drop, '.2f')} | "
+            f"{'n/a' if nn10 is None else format(nn10, '.3f')} |")
 
 
 def minilm_teachers_section(results: Path) -> str:
@@ -404,7 +413,8 @@ def minilm_teachers_section(results: Path) -> str:
                    "both 3-layer students start from the teacher's fine-tuned layers (DistilBERT's initialisation) and "
                    "see the same labelled glosses the teacher saw, so the soft targets carry little that the labels "
                    "and the inherited layers do not")
-    return ("Every students run kept (`minilm_wordnet.json`, `teacher_runs`, seed 0, quick-mode subsample): "
+    mode = load("minilm_wordnet.json", results)["mode"]
+    return (f"Every students run kept (`minilm_wordnet.json`, `teacher_runs`, seed 0, {mode} mode): "
             + "; ".join(one(n, o) for n, o in runs.items()) + "." + (f" {'; '.join(why)[:1].upper()}{'; '.join(why)[1:]}." if why else ""))
 
 

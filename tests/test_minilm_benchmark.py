@@ -66,7 +66,7 @@ def test_result_file_has_the_fields_the_issue_names():
                         "speedup_runtime": "onnxruntime fp32"},
              "embed": {"student": {"test_nn_agreement@10": 0.91, "test_nn_agreement@1": 0.8, "test_cosine": 0.97,
                                    "test_n": 1000},
-                       "split_sizes": {"train": 48000}, "epochs": 2, "seconds_total": 600.0},
+                       "split_sizes": {"train": 48000}, "epochs": 2, "seconds_training": 600.0},
              "ablation": {"kd + ce": {"test_acc": 0.62, "train_samples": 3000},
                           "+ hidden_cos (DistilBERT)": {"test_acc": 0.58, "train_samples": 3000}},
              "kd_sweep": {"kd 0.5 T=2 + ce 0.5": {"kd_weight": 0.5, "temperature": 2.0, "test_errors": 431,
@@ -92,7 +92,7 @@ def test_the_transfer_set_student_is_the_headline_paired_by_seed_with_the_hard_l
                 "per_seed": [{"seed": s, "student_errors": e, "baseline_errors": b, "gain": b - e}
                              for s, e, b in ((0, 450, 440), (1, 460, 450), (2, 455, 445))],
                 "gain_errors_mean": -10.0, "gain_ci95": [-10.0, -10.0]}
-    transfer = {"transfer_samples": 18000, "split_sizes": {"train": 6000}, "seconds_total": 600.0,
+    transfer = {"transfer_samples": 18000, "split_sizes": {"train": 6000}, "seconds_training": 600.0,
                 "per_seed": [{"seed": s, "student_errors": e} for s, e in ((0, 400), (1, 420), (2, 430))]}
     control = {"seed": 0, "epochs": 8, "steps_factor": 4.0, "test_errors": 437}
     r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], {"students": students, "transfer": transfer,
@@ -211,7 +211,7 @@ def test_embedding_runs_on_fewer_glosses_give_the_trend_and_an_extrapolation_lab
     """Agreement@10 against log2(training glosses), least squares: 0.50 at 12k, 0.55 at 24k, 0.60 at 48k is +0.05 per
     doubling, so 0.9 is 6 more doublings of 48,000 glosses away; the Markdown says it is an estimate."""
     runs = [{"student": {"test_cosine": c, "test_nn_agreement@1": a1, "test_nn_agreement@10": a10, "test_n": 2000},
-             "split_sizes": {"train": n}, "epochs": 2, "seconds_total": 60.0 * n / 1000}
+             "split_sizes": {"train": n}, "epochs": 2, "seconds_training": 60.0 * n / 1000}
             for n, c, a1, a10 in ((12000, 0.80, 0.40, 0.50), (24000, 0.85, 0.45, 0.55), (48000, 0.90, 0.50, 0.60))]
     state = {"embed": runs[2], "embed_scaling": [minilm_wordnet.embed_row(r) for r in runs[:2]]}
     r = minilm_wordnet.assemble("quick", minilm_wordnet.MODES["quick"], state)
@@ -228,3 +228,27 @@ def test_embedding_runs_on_fewer_glosses_give_the_trend_and_an_extrapolation_lab
     assert minilm_wordnet.embed_trend(state["embed_scaling"][:1]) is None  # one run: no trend
     flat = [{**x, "at10": 0.6} for x in r["embed_scaling"]]
     assert minilm_wordnet.embed_trend(flat)["doublings_to_goal_estimated"] is None  # no gain: nothing to extrapolate
+
+
+def test_quick_mode_is_a_subsample_of_every_part_and_full_mode_runs_every_step(tmp_path):
+    """Quick mode leaves out only the steps that explain the full result and exports fp32 and int8 to every target of
+    the recipe; full mode scores every test gloss; --steps overrides either; step minutes merge per step."""
+    from ondevice.config import load_recipe
+
+    quick, full = minilm_wordnet.MODES["quick"], minilm_wordnet.MODES["full"]
+    assert minilm_wordnet.chosen_steps(full, None) == set(minilm_wordnet.STEPS) - {"longer_teacher"}
+    assert minilm_wordnet.chosen_steps(quick, None) == (set(minilm_wordnet.STEPS) - {"longer_teacher"}
+                                                        - set(minilm_wordnet.OPTIONAL_STEPS))
+    assert minilm_wordnet.chosen_steps(quick, "students,export") == {"students", "export"}
+    assert full["limit_test"] is None and quick["limit_test"] and quick["limit_train"] < full["limit_train"]
+    ex = load_recipe(Path(minilm_wordnet.ROOT) / "examples" / "minilm_wordnet.toml").export
+    jobs = {t: ps for t, ps, _ in minilm_export.export_jobs(ex, quick)}
+    assert jobs.keys() == {t.target for t in ex.targets}  # every target, fewer precisions
+    assert all(ps and "fp32" in ps and set(ps) <= set(quick["export_precisions"]) for ps in jobs.values())
+    assert {t: ps for t, ps, _ in minilm_export.export_jobs(ex, full)} == {t.target: t.precisions for t in ex.targets}
+    path = tmp_path / "state.json"
+    minilm_wordnet.record_minutes(path, "students", 3.0, 2)
+    minilm_wordnet.record_minutes(path, "export", 5.0, 2)
+    minilm_wordnet.record_minutes(path, "students", 4.0, 1)  # a later call of a step replaces its own entry
+    mins = minilm_wordnet.load_state(path)["step_minutes"]
+    assert {k: (v["minutes"], v["threads"]) for k, v in mins.items()} == {"students": (4.0, 1), "export": (5.0, 2)}
