@@ -120,7 +120,7 @@ def _recorded(base: Path, label: str, weights_sha: str | None, jobs: list, n_ver
                     or (rec.get("verification") or {}).get("n", n_verify) != n_verify
                     or sidecar.check(path, rec).hash != "match"):
                 return None
-            recs.append(rec)
+            recs.append({**rec, "path": str(path)})  # where the file is now (a run folder may have been moved)
     return recs
 
 

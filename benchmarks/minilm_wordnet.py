@@ -79,7 +79,7 @@ MODES = {
               "embed_scaling": [4000], "skip": OPTIONAL_STEPS, "threads": 2},
     "full": {"limit_train": 6000, "limit_val": 1000, "limit_test": None, "seeds": [0, 1, 2], "epochs": 2,
              "teacher_epochs": 3, "choice_train": 2000, "ablation_train": 3000,
-             "export_verify": 128, "export_models": ("teacher", "student_3"), "bench_accuracy": 500,
+             "export_verify": 128, "export_models": ("teacher", "student_3", "student_2"), "bench_accuracy": 500,
              "transfer_samples": 18000,
              "embed": {"limit_train": 48000, "epochs": 2, "lr": 5e-4, "warmup_steps": 30},
              "embed_scaling": [12000, 24000], "skip": (), "threads": 1},

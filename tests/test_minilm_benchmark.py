@@ -146,6 +146,12 @@ def test_an_export_is_reused_only_while_its_records_match_the_weights_and_the_fi
     assert minilm_export._recorded(tmp_path, "student_3", "b" * 64, jobs, 24) is None  # other weights
     assert minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 128) is None  # other verification set
     assert minilm_export._recorded(tmp_path, "teacher", "a" * 64, jobs, 24) is None  # never exported
+    import shutil
+
+    shutil.copytree(tmp_path / "artifacts", tmp_path / "moved" / "artifacts")  # a run folder renamed
+    moved = minilm_export._recorded(tmp_path / "moved", "student_3", "a" * 64, jobs, 24)
+    assert [r["path"] for r in moved] == [str(tmp_path / "moved" / "artifacts" / "onnxruntime" / f"student_3_{p}.onnx")
+                                          for p in ("fp32", "fp16")]
     with open(tmp_path / "artifacts" / "onnxruntime" / "student_3_fp16.onnx", "ab") as f:
         f.write(b"\0")  # the file changed since it was verified
     assert minilm_export._recorded(tmp_path, "student_3", "a" * 64, jobs, 24) is None
