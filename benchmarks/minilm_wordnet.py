@@ -12,9 +12,10 @@ strong_teacher): 19 min on the 2-core Intel Xeon as one process with two threads
 three seeds and scores every test gloss (11,691); its training time, from the runs' checkpointed epochs on a 2-core
 Intel Xeon (AVX-512, AMX), one thread: teacher 5.6 min, each 3-layer student 2.3-3.1 min, each transfer-set student
 12.6 min, each steps-matched control 7.8 min, the 8-epoch teacher 13 min, the embedding student on 48,000 glosses 17.8
-min; with the choice, ablation, sweep and export about 3.5 h of one core in all (summed from those rates, an
-estimate), split over two processes. Training on all 94,000 labelled glosses is not run: at those rates the teacher
-would take about 1.5 h and each 3-layer student 45 min per seed.
+min. Every run's epochs sum to 172 min; scoring every model on all 11,691 test glosses took about 110 core-minutes and
+the export and bench of three models about 20-25 min (the export runs' file times), so a full run from nothing is
+about 5 h of one core, split over two processes. Training on all 94,000 labelled glosses is not run: at those rates
+the teacher would take about 1.5 h and each 3-layer student 45 min per seed.
 
 Every step resumes from its run folder, and two processes may run disjoint steps at once, one thread each (say
 `--steps students,two_layer,ablation,kd_sweep,more_steps,embed_scaling` beside `--steps transfer,embed,export` once
@@ -63,11 +64,8 @@ GOALS = {"retention": ">= 0.97 (3-layer distilled vs teacher, mean over seeds)",
          "distilled_beats_hard_label": "mean over seeds", "speedup_p50_batch1": ">= 1.8",
          "int8_size_ratio_max": "<= 0.3", "int8_accuracy_drop_max": "<= 1 point", "embed_agreement_at10": ">= 0.9"}
 
-# Quick mode is a smoke run of every part on a subsample, in one process on both cores; it leaves out the steps that
-# explain the full run's result (kd_sweep, more_steps, strong_teacher) and exports fp32 and int8 only. Full mode is the
-# committed result: the labelled-data regime of 6,000 training glosses (+ 18,000 unlabelled for the transfer set),
-# three seeds, scored on every test gloss. Training on all 94,000 labelled glosses is not run: each 3-layer student
-# would take about 2 h per seed here (measured rate: 5.4 min per 6,000 glosses and 2 epochs, one thread).
+# quick: a smoke run of every part on a subsample; full: the committed result (the module docstring says what each
+# leaves out and what it costs)
 OPTIONAL_STEPS = ("kd_sweep", "more_steps", "strong_teacher")
 MODES = {
     "quick": {"limit_train": 2000, "limit_val": 500, "limit_test": 1000, "seeds": [0], "epochs": 2,

@@ -166,8 +166,7 @@ class _OutlierNet(nn.Module):
             self.b.weight[:, 0] /= 100.0
 
     def forward(self, x):  # x (N, T, 16) -> (N, T, 4)
-        h = self.norm(self.a(x))  # (N, T, 256)
-        return self.b(h * torch.cat([torch.full((1,), 100.0), torch.ones(255)]))
+        return self.b(_Scale()(self.norm(self.a(x))))  # (N, T, 256) in the middle
 
 
 @pytest.fixture(scope="module")
@@ -271,7 +270,7 @@ def test_an_outlier_gemm_stays_float(tmp_path):
 
 
 class _Scale(nn.Module):
-    def forward(self, h):  # h (N, 256): channel 0 is 100x the others
+    def forward(self, h):  # h (..., 256): channel 0 is 100x the others
         return h * torch.cat([torch.full((1,), 100.0), torch.ones(255)])
 
 
